@@ -1,0 +1,338 @@
+"""The hash store: one SQLite file per images folder, written only by the main process.
+
+Why SQLite in WAL mode: ``imgclusterd status`` reads while the daemon writes, and a crash in the
+middle of a commit must roll back cleanly (kill -9 mid-transaction leaves the last committed
+state; ``PRAGMA integrity_check`` stays ok). Writes use ``BEGIN IMMEDIATE`` so the write lock is
+taken up front and never upgraded half-way.
+
+Paths are stored as bytes (``os.fsencode`` of the path relative to the images folder) because
+photo folders do contain names that are not valid UTF-8. Hashes are stored per
+(file, algorithm, decode mode), so switching ``decode`` re-hashes instead of mixing modes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "FileRecord", "Store", "STORE_NAME"]
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "store.sqlite"
+APPLICATION_ID = 0x49434C44  # "ICLD": tells our store from any other SQLite file
+SCHEMA_VERSION = 1
+
+# Named migrations, applied in order; each runs in one transaction with the version bump.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial",
+        """
+        CREATE TABLE files (
+            id        INTEGER PRIMARY KEY,
+            path      BLOB NOT NULL UNIQUE,      -- os.fsencode(relative path)
+            size      INTEGER NOT NULL,
+            mtime_ns  INTEGER NOT NULL,
+            inode     INTEGER NOT NULL,
+            device    INTEGER NOT NULL,
+            digest    BLOB,                      -- sha256 of the content, NULL if unread
+            status    TEXT NOT NULL CHECK (status IN ('hashed', 'unreadable')),
+            reason    TEXT,                      -- why unreadable
+            decode    TEXT,                      -- decode mode of the stored hashes
+            updated   REAL NOT NULL              -- unix time of the last change of this row
+        );
+        CREATE INDEX files_digest ON files(digest);
+        CREATE INDEX files_inode ON files(device, inode);
+        CREATE TABLE hashes (
+            file_id   INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+            algorithm TEXT NOT NULL,
+            decode    TEXT NOT NULL,
+            bits      BLOB NOT NULL,
+            PRIMARY KEY (file_id, algorithm, decode)
+        ) WITHOUT ROWID;
+        CREATE TABLE state (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL                  -- JSON
+        );
+        """,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One row of ``files``: what we knew of a file when we last looked at it."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    digest: bytes | None
+    status: str
+    reason: str | None
+    decode: str | None
+
+
+class Store:
+    """The store of one images folder. Use :meth:`open`; close with :meth:`close` or ``with``."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, readonly: bool) -> None:
+        self._db = connection
+        self.path = path
+        self.readonly = readonly
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (and create/migrate unless ``readonly``) the store at ``path``.
+
+        Raises StoreError for a file that is not an imgclusterd store, is corrupt, or has a
+        newer schema than this version knows.
+        """
+        if readonly:
+            if not path.exists():
+                raise StoreError(f"no store at {path}")
+            uri = f"file:{path}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=2.0)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        store = cls(db, path, readonly)
+        try:
+            store._setup()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(
+                f"{path} is not a usable imgclusterd store ({exc}); "
+                "run again with --reset-store to rebuild it (photos are not touched)"
+            ) from None
+        except StoreError:
+            db.close()
+            raise
+        return store
+
+    def _setup(self) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 10000")
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
+            raise StoreError(
+                f"{self.path} is an SQLite file that imgclusterd did not create; "
+                "choose another --state-dir, or run with --reset-store to replace it"
+            )
+        if self.readonly:
+            if app_id != APPLICATION_ID:
+                raise StoreError(f"{self.path} is not initialised yet")
+            self._check_version()
+            return
+        db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a power cut may lose the last commits, never consistency; the
+        # reconcile at start-up re-hashes whatever was lost.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def _check_version(self) -> int:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this imgclusterd "
+                f"({SCHEMA_VERSION}); upgrade imgclusterd or run with --reset-store"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        version = self._check_version()
+        for number, name, sql in MIGRATIONS:
+            if number <= version:
+                continue
+            log.info("store: applying migration %d (%s)", number, name)
+            with self.transaction():
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self._db.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    # -- files ------------------------------------------------------------------------------
+
+    _COLUMNS = "id, path, size, mtime_ns, inode, device, digest, status, reason, decode"
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> FileRecord:
+        return FileRecord(row[0], os.fsdecode(row[1]), *row[2:])
+
+    def files(self) -> dict[str, FileRecord]:
+        """Every known file by relative path."""
+        rows = self._db.execute(f"SELECT {self._COLUMNS} FROM files")
+        return {record.path: record for record in map(self._record, rows)}
+
+    def find_digest(self, digest: bytes) -> FileRecord | None:
+        """A hashed file with this content, if any (for copies and moves)."""
+        row = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM files WHERE digest = ? AND status = 'hashed' LIMIT 1",
+            (digest,),
+        ).fetchone()
+        return self._record(row) if row else None
+
+    def complete_ids(self, algorithms: Iterable[str], decode: str) -> set[int]:
+        """Ids of hashed files that have a hash for every one of ``algorithms`` in ``decode``."""
+        names = list(algorithms)
+        marks = ",".join("?" * len(names))
+        rows = self._db.execute(
+            f"SELECT file_id FROM hashes WHERE decode = ? AND algorithm IN ({marks}) "
+            "GROUP BY file_id HAVING count(*) = ?",
+            (decode, *names, len(names)),
+        )
+        return {row[0] for row in rows}
+
+    def put_hashed(
+        self,
+        path: str,
+        facts: tuple[int, int, int, int],
+        digest: bytes | None,
+        hashes: Mapping[str, bytes],
+        decode: str,
+        now: float,
+    ) -> int:
+        """Insert or replace a hashed file and its hashes. Call inside :meth:`transaction`."""
+        file_id = self._upsert(path, facts, digest, "hashed", None, decode, now)
+        self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+        self._db.executemany(
+            "INSERT INTO hashes (file_id, algorithm, decode, bits) VALUES (?, ?, ?, ?)",
+            [(file_id, name, decode, bits) for name, bits in hashes.items()],
+        )
+        return file_id
+
+    def put_unreadable(
+        self, path: str, facts: tuple[int, int, int, int], reason: str, now: float
+    ) -> int:
+        """Record why a file could not be hashed; it is retried only when it changes."""
+        file_id = self._upsert(path, facts, None, "unreadable", reason, None, now)
+        self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+        return file_id
+
+    def copy_hashes(
+        self, source: FileRecord, path: str, facts: tuple[int, int, int, int], now: float
+    ) -> int:
+        """A new path with the same content as ``source``: reuse its hashes, no decoding."""
+        file_id = self._upsert(path, facts, source.digest, "hashed", None, source.decode, now)
+        self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+        self._db.execute(
+            "INSERT INTO hashes (file_id, algorithm, decode, bits) "
+            "SELECT ?, algorithm, decode, bits FROM hashes WHERE file_id = ?",
+            (file_id, source.id),
+        )
+        return file_id
+
+    def move(self, old: str, new: str, facts: tuple[int, int, int, int], now: float) -> None:
+        """A renamed or moved file: same row (and hashes), new path and facts."""
+        self._db.execute("DELETE FROM files WHERE path = ?", (os.fsencode(new),))
+        self._db.execute(
+            "UPDATE files SET path = ?, size = ?, mtime_ns = ?, inode = ?, device = ?, "
+            "updated = ? WHERE path = ?",
+            (os.fsencode(new), *facts, now, os.fsencode(old)),
+        )
+
+    def remove(self, paths: Iterable[str]) -> int:
+        cursor = self._db.executemany(
+            "DELETE FROM files WHERE path = ?", [(os.fsencode(p),) for p in paths]
+        )
+        return cursor.rowcount
+
+    def _upsert(
+        self,
+        path: str,
+        facts: tuple[int, int, int, int],
+        digest: bytes | None,
+        status: str,
+        reason: str | None,
+        decode: str | None,
+        now: float,
+    ) -> int:
+        row = self._db.execute(
+            "INSERT INTO files (path, size, mtime_ns, inode, device, digest, status, reason, "
+            "decode, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "inode = excluded.inode, device = excluded.device, digest = excluded.digest, "
+            "status = excluded.status, reason = excluded.reason, decode = excluded.decode, "
+            "updated = excluded.updated RETURNING id",
+            (os.fsencode(path), *facts, digest, status, reason, decode, now),
+        ).fetchone()
+        return int(row[0])
+
+    # -- hashes -----------------------------------------------------------------------------
+
+    def hashes(self, algorithm: str, decode: str) -> list[tuple[int, str, bytes]]:
+        """(file id, relative path, packed bits) of every hashed file for one algorithm."""
+        rows = self._db.execute(
+            "SELECT f.id, f.path, h.bits FROM hashes h JOIN files f ON f.id = h.file_id "
+            "WHERE h.algorithm = ? AND h.decode = ? AND f.status = 'hashed'",
+            (algorithm, decode),
+        )
+        return [(row[0], os.fsdecode(row[1]), row[2]) for row in rows]
+
+    # -- counts and state (for status) -----------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, count(*) FROM files GROUP BY status")
+        counts = {"hashed": 0, "unreadable": 0}
+        counts.update({status: n for status, n in rows})
+        counts["known"] = counts["hashed"] + counts["unreadable"]
+        return counts
+
+    def unreadable(self, limit: int = 5) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT path, reason FROM files WHERE status = 'unreadable' ORDER BY path LIMIT ?",
+            (limit,),
+        )
+        return [(os.fsdecode(path), reason or "") for path, reason in rows]
+
+    def get_state(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Write one state row in its own short transaction (heartbeats, last refresh)."""
+        self._db.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
