@@ -1,0 +1,210 @@
+"""The command line: parse, load the config, call one function of the core, report.
+
+Every command maps imgclusterd's own errors (:mod:`imgclusterd.errors`) to one line on stderr
+and the error's exit code; nothing else is caught, so a real bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, LoadedConfig, load_config
+from .errors import ImgclusterdError
+from .store import STORE_NAME
+
+__all__ = ["main"]
+
+log = logging.getLogger("imgclusterd")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    try:
+        code: int = args.handler(args)
+        return code
+    except ImgclusterdError as exc:
+        print(f"imgclusterd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("imgclusterd: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgclusterd",
+        description="Keeps a photo folder grouped by perceptual similarity: hashes every photo "
+        "with ImageHash (phash, average, difference and wavelet hashes) and writes, for every "
+        "algorithm and threshold, a folder of symlinks per cluster of near-duplicates.",
+        epilog="Run `imgclusterd COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgclusterd {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    scan = commands.add_parser(
+        "scan",
+        help="hash what changed, cluster, and refresh the output once, then exit",
+        description="One pass of the pipeline: reconcile the images folder with the store, "
+        "hash new or changed photos, cluster every algorithm at every threshold and swap in "
+        "a refreshed output tree. A second run hashes nothing that did not change.",
+    )
+    _add_config_options(scan)
+    scan.add_argument("--reset-store", action="store_true",
+                      help="set the store aside (renamed, not deleted) and start a new one; "
+                      "the way out of a corrupt or foreign store file")
+    scan.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    scan.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    scan.set_defaults(handler=cmd_scan)
+
+    config = commands.add_parser(
+        "config",
+        help="print the effective configuration and where each value came from",
+        description="Prints the configuration imgclusterd would use, with the source of each "
+        "value (command line, config file, default). With --check FILE, only validates FILE.",
+    )
+    _add_config_options(config)
+    config.add_argument("--check", type=Path, metavar="FILE",
+                        help="validate FILE and exit 0 if it is valid")
+    config.set_defaults(handler=cmd_config)
+
+    sample = commands.add_parser(
+        "sample",
+        help="write a small folder of sample photos with near-duplicates (for trying it out)",
+        description="Writes 44 generated photos (8 scenes x 5 variants, 4 singles) into "
+        "FOLDER, never overwriting a file. Nothing is downloaded.",
+    )
+    sample.add_argument("folder", type=Path, nargs="?", default=Path("data/images"),
+                        help="where to write them (default: data/images)")
+    sample.set_defaults(handler=cmd_sample)
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (flags override the config file)")
+    group.add_argument("--config", type=Path, metavar="FILE",
+                       help="config file (default: $IMGCLUSTERD_CONFIG, then the user config "
+                       "file, then built-in defaults)")
+    group.add_argument("--images", type=Path, metavar="DIR",
+                       help="the photos to cluster (default: data/images); never modified")
+    group.add_argument("--output", type=Path, metavar="DIR",
+                       help="where the output tree goes (default: data/output)")
+    group.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="where the hash store lives (default: the user state dir)")
+    group.add_argument("--decode", choices=["exact", "fast"],
+                       help="exact: ImageHash's hashes bit for bit (default); fast: reduced-size "
+                       "JPEG decoding, several times faster, a few bits may differ")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="hashing processes (default: one per core)")
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    overrides: dict[str, Any] = {
+        "images": args.images,
+        "output": args.output,
+        "state_dir": args.state_dir,
+        "decode": args.decode,
+        "workers": args.workers,
+    }
+    return load_config(args.config, overrides)
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    # Under systemd journald stamps every line itself; elsewhere a time helps.
+    under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+
+
+def reset_store(config: Config) -> None:
+    """Rename the store aside (never delete: it may be someone else's file)."""
+    store = config.store_dir / STORE_NAME
+    if not store.exists():
+        return
+    aside = store.with_name(f"{STORE_NAME}.reset-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{store}{suffix}")
+        if part.exists():
+            part.rename(Path(f"{aside}{suffix}"))
+    print(f"imgclusterd: the old store was set aside as {aside}", file=sys.stderr)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+    from .progress import ProgressPrinter
+
+    config = _load(args).config
+    if args.reset_store:
+        reset_store(config)
+    printer = ProgressPrinter() if not args.quiet else None
+    stop = threading.Event()
+    with Pipeline(config, stop=stop, progress=printer) as pipeline:
+        report = pipeline.refresh()
+    if printer:
+        printer.close()
+    for path, reason in report.new_unreadable:
+        print(f"unreadable: {path}: {reason}", file=sys.stderr)
+    if report.deferred:
+        print(f"{len(report.deferred)} files are still being written; run again to include "
+              "them", file=sys.stderr)
+    if report.skipped and not args.quiet:
+        for path, why in report.skipped[:5]:
+            print(f"skipped: {path}: {why}", file=sys.stderr)
+        if len(report.skipped) > 5:
+            print(f"skipped: ... and {len(report.skipped) - 5} more", file=sys.stderr)
+    print(report.summary())
+    if not args.quiet:
+        print(f"output: {config.output}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        load_config(args.check, {})
+        print(f"{args.check}: valid")
+        return 0
+    loaded = _load(args)
+    config = loaded.config
+    print(f"# config file: {loaded.file or '(none; built-in defaults)'}")
+    print(f"# store: {config.store_dir / STORE_NAME}")
+    for key in Config.model_fields:
+        value = getattr(config, key)
+        if key == "algorithms":
+            value = ", ".join(f"{a.name}(max {a.max_threshold}, step {a.step})" for a in value)
+        elif key == "workers" and not value:
+            value = f"0 (one per core: {config.worker_count})"
+        print(f"{key} = {value}    # {loaded.sources.get(key, 'default')}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import make_sample
+
+    written = make_sample(args.folder)
+    print(f"wrote {len(written)} sample photos into {args.folder.resolve()}")
+    return 0
+
+
+

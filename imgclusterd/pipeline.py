@@ -1,0 +1,410 @@
+"""One refresh of the whole pipeline: reconcile → hash → cluster → write output.
+
+``imgclusterd scan`` runs :meth:`Pipeline.refresh` once; the daemon keeps one Pipeline alive and
+calls the same method after every burst of file events, so there is a single implementation.
+What lives across refreshes (the process pool, each algorithm's spanning forest) is what makes
+the daemon's refresh incremental: a few new photos cost their own hashing plus O(k·N) distances.
+
+Only this module wires the stages together; each stage knows nothing of the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from . import reconcile
+from .algorithms import Algorithm, hash_hex
+from .cluster import ClusterIndex
+from .config import Config
+from .errors import ConfigError, ImagesFolderError
+from .hashing import HashPlan, HashResult, file_digest
+from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
+from .pool import HashPool
+from .store import STORE_NAME, Store
+
+__all__ = ["Pipeline", "RefreshReport", "Progress", "SETTLE_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+#: phase ("scanning", "hashing", "clustering", "writing"), done, total.
+Progress = Callable[[str, int, int], None]
+
+#: A file that fails to decode while modified this recently is probably still being written:
+#: it is retried later rather than recorded as unreadable.
+SETTLE_SECONDS = 10.0
+
+_COMMIT_EVERY = 64  # hash results per store transaction: few fsyncs, little lost on a crash
+
+
+@dataclass
+class RefreshReport:
+    """What one refresh did, for the summary line, the log and ``status``."""
+
+    images: int = 0  # hashed photos known after this refresh
+    hashed: int = 0  # decoded and hashed now
+    copies: int = 0  # recognised by content digest (copy or move across folders), not decoded
+    moved: int = 0
+    removed: int = 0
+    unreadable: int = 0  # known unreadable after this refresh
+    new_unreadable: list[tuple[str, str]] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # still changing: retry later
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # from the walk
+    clusters: dict[str, int] = field(default_factory=dict)  # algorithm -> clusters at mid sweep
+    generation: str | None = None
+    output: WriteReport | None = None
+    interrupted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.hashed or self.copies or self.moved or self.removed or self.new_unreadable)
+
+    def summary(self) -> str:
+        first = next(iter(self.clusters.items()), None)
+        clusters = f", {first[1]} clusters ({first[0]}, mid sweep)" if first else ""
+        output = f", output {self.generation}" if self.generation else ""
+        return (
+            f"{self.images} images, {self.hashed} hashed now, {self.unreadable} unreadable"
+            f"{clusters}{output}, {self.seconds:.1f} s"
+        )
+
+
+class Pipeline:
+    """The stages of imgclusterd for one images folder, ready to refresh again and again."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.images = config.images
+        self.stop = stop or threading.Event()
+        self.progress: Progress = progress or (lambda phase, done, total: None)
+        self.clock = clock
+        self.algorithms: tuple[Algorithm, ...] = config.algorithm_set
+        self.plan = HashPlan(
+            algorithms=self.algorithms,
+            decode=config.decode,
+            exif_transpose=config.exif_transpose,
+            max_image_pixels=config.max_image_pixels or None,
+        )
+        _check_layout(config)
+        self.writer = OutputWriter(
+            config.output,
+            keep_generations=config.keep_generations,
+            grace_seconds=config.generation_grace,
+        )
+        self.writer.check()  # refuse a foreign output before touching anything
+        self.store = Store.open(config.store_dir / STORE_NAME)
+        self._pool: HashPool | None = None
+        self._indexes: dict[str, ClusterIndex] = {}
+        self._indexed_bits: dict[str, dict[int, bytes]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close(cancel=True)
+            self._pool = None
+        self.store.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pool(self) -> HashPool:
+        # Started on first need and kept: worker start-up (numpy, Pillow, scipy imports) costs
+        # far more than hashing one photo, and the daemon hashes a few photos at a time.
+        if self._pool is None:
+            self._pool = HashPool(self.plan, workers=self.config.worker_count)
+        return self._pool
+
+    # -- one refresh ------------------------------------------------------------------------
+
+    def refresh(self, *, force_output: bool = False) -> RefreshReport:
+        """Bring store and output up to date with the images folder. Raises ImagesFolderError
+        when the folder is missing, or empty while photos are known (an unmounted drive must
+        never look like a mass deletion)."""
+        started = self.clock()
+        tick = time.perf_counter()
+        report = RefreshReport()
+
+        self.progress("scanning", 0, 0)
+        listing = self._walk()
+        report.skipped = listing.skipped
+        known = self.store.files()
+        if not listing.files and known:
+            raise ImagesFolderError(
+                f"images folder {self.images} is empty but {len(known)} photos are known; "
+                "keeping them and the output (is a drive unmounted?)"
+            )
+        names = [a.name for a in self.algorithms]
+        complete = self.store.complete_ids(names, self.plan.decode)
+        work = reconcile.plan(listing.files, known, complete, self.plan.decode)
+        self._apply_moves(work, listing.files, report)
+        to_decode = self._reuse_copies(work.to_hash, known, listing.files, report)
+        report.timings["scan"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        self._hash(to_decode, report)
+        report.timings["hash"] = time.perf_counter() - tick
+        counts = self.store.counts()
+        report.images, report.unreadable = counts["hashed"], counts["unreadable"]
+        if self.stop.is_set():
+            report.interrupted = True
+            report.seconds = self.clock() - started
+            return report
+
+        fingerprint = self._fingerprint()
+        last = self.store.get_state("last_refresh") or {}
+        current = self.writer.current_generation()
+        if (
+            report.changed
+            or force_output
+            or current is None
+            or last.get("fingerprint") != fingerprint
+            or last.get("generation") != current
+        ):
+            tick = time.perf_counter()
+            self.progress("clustering", 0, len(self.algorithms))
+            tree = self._cluster(report)
+            report.timings["cluster"] = time.perf_counter() - tick
+            if self.stop.is_set():
+                report.interrupted = True
+                report.seconds = self.clock() - started
+                return report
+            tick = time.perf_counter()
+            self.progress("writing", 0, 0)
+            report.output = self.writer.write(tree)
+            report.generation = report.output.generation
+            report.timings["write"] = time.perf_counter() - tick
+        else:
+            report.generation = current
+            report.clusters = last.get("clusters", {})
+        report.seconds = self.clock() - started
+        self.store.set_state(
+            "last_refresh",
+            {
+                "finished": self.clock(),
+                "seconds": round(report.seconds, 3),
+                "generation": report.generation,
+                "fingerprint": fingerprint,
+                "images": report.images,
+                "unreadable": report.unreadable,
+                "hashed": report.hashed,
+                "clusters": report.clusters,
+                "timings": {k: round(v, 3) for k, v in report.timings.items()},
+            },
+        )
+        return report
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _walk(self) -> reconcile.Listing:
+        if not self.images.is_dir():
+            raise ImagesFolderError(
+                f"images folder {self.images} does not exist or is not a folder "
+                "(set `images` in the config or pass --images)"
+            )
+        return reconcile.walk(
+            self.images,
+            self.config.extensions,
+            follow_symlinks=self.config.follow_symlinks,
+            exclude=[self.config.output, self.config.store_dir],
+        )
+
+    def _apply_moves(
+        self, work: reconcile.Plan, disk: dict[str, reconcile.Facts], report: RefreshReport
+    ) -> None:
+        if not (work.moved or work.removed):
+            return
+        now = self.clock()
+        with self.store.transaction():
+            for old, new in work.moved:
+                self.store.move(old, new, disk[new], now)
+            self.store.remove(work.removed)
+        report.moved, report.removed = len(work.moved), len(work.removed)
+        for old, new in work.moved:
+            log.info("moved: %s -> %s (not re-hashed)", old, new)
+        if work.removed:
+            log.info("removed %d photos no longer on disk", len(work.removed))
+
+    def _reuse_copies(
+        self,
+        paths: list[str],
+        known: dict[str, Any],
+        disk: dict[str, reconcile.Facts],
+        report: RefreshReport,
+    ) -> list[str]:
+        """New paths whose content is already hashed (a copy, or a move across filesystems):
+        reuse the hashes. Only files whose size matches a known photo are read for a digest."""
+        sizes = {r.size for r in known.values() if r.digest is not None and r.status == "hashed"}
+        remaining = []
+        now = self.clock()
+        with self.store.transaction():
+            for path in paths:
+                facts = disk[path]
+                if path in known or facts[0] not in sizes:
+                    remaining.append(path)
+                    continue
+                try:
+                    digest = file_digest(os.path.join(self.images, path))
+                except OSError:
+                    remaining.append(path)
+                    continue
+                source = self.store.find_digest(digest)
+                if source is None or source.decode != self.plan.decode:
+                    remaining.append(path)
+                    continue
+                self.store.copy_hashes(source, path, facts, now)
+                report.copies += 1
+                log.info("recognised %s as a copy of %s (not re-hashed)", path, source.path)
+        return remaining
+
+    def _hash(self, paths: list[str], report: RefreshReport) -> None:
+        if not paths:
+            return
+        total = len(paths)
+        self.progress("hashing", 0, total)
+        root = os.fspath(self.images)
+        absolute = [os.path.join(root, p) for p in paths]
+        pending: list[tuple[str, HashResult]] = []
+        done = 0
+        for result in self.pool.map(absolute, stop=self.stop):
+            done += 1
+            pending.append((os.path.relpath(result.path, root), result))
+            if len(pending) >= _COMMIT_EVERY:
+                self._commit(pending, report)
+                pending = []
+            self.progress("hashing", done, total)
+        self._commit(pending, report)
+
+    def _commit(self, results: list[tuple[str, HashResult]], report: RefreshReport) -> None:
+        if not results:
+            return
+        now = self.clock()
+        with self.store.transaction():
+            for path, result in results:
+                if result.unstable or result.facts is None:
+                    if result.error == "vanished":
+                        self.store.remove([path])
+                    else:
+                        report.deferred.append(path)
+                    continue
+                facts = (
+                    result.facts.size,
+                    result.facts.mtime_ns,
+                    result.facts.inode,
+                    result.facts.device,
+                )
+                if result.error is None:
+                    self.store.put_hashed(
+                        path, facts, result.digest, result.hashes, self.plan.decode, now
+                    )
+                    report.hashed += 1
+                elif now - result.facts.mtime_ns / 1e9 < SETTLE_SECONDS:
+                    # Probably a photo still being copied: a truncated JPEG now, fine soon.
+                    report.deferred.append(path)
+                else:
+                    self.store.put_unreadable(path, facts, result.error, now)
+                    report.new_unreadable.append((path, result.error))
+                    log.warning("unreadable: %s: %s", path, result.error)
+
+    def _cluster(self, report: RefreshReport) -> OutputTree:
+        tree: dict[str, list[ThresholdFolder]] = {}
+        root = os.fspath(self.images)
+        for done, algorithm in enumerate(self.algorithms):
+            rows = self.store.hashes(algorithm.name, self.plan.decode)
+            index = self._update_index(algorithm, rows)
+            paths = {file_id: path for file_id, path, _ in rows}
+            links = {
+                file_id: Link(
+                    name=_link_name(path, hash_hex(bits, algorithm.bits)),
+                    target=os.path.join(root, path),
+                )
+                for file_id, path, bits in rows
+            }
+            partitions = index.sweep(list(algorithm.thresholds), rank_of=paths.__getitem__)
+            folders = [
+                ThresholdFolder(
+                    threshold=p.threshold,
+                    clusters=[[links[k] for k in cluster] for cluster in p.clusters],
+                    unclustered=[links[k] for k in p.unclustered],
+                )
+                for p in partitions
+            ]
+            tree[algorithm.name] = folders
+            if folders:
+                report.clusters[algorithm.name] = len(folders[len(folders) // 2].clusters)
+            self.progress("clustering", done + 1, len(self.algorithms))
+            if self.stop.is_set():
+                break
+        return tree
+
+    def _update_index(
+        self, algorithm: Algorithm, rows: list[tuple[int, str, bytes]]
+    ) -> ClusterIndex:
+        """Bring this algorithm's forest up to date with the store: only what changed."""
+        limit = max(algorithm.thresholds, default=0)
+        index = self._indexes.get(algorithm.name)
+        indexed = self._indexed_bits.get(algorithm.name, {})
+        if index is None:
+            index = ClusterIndex(limit=limit, nbytes=(algorithm.bits + 7) // 8)
+            self._indexes[algorithm.name] = index
+        wanted = {file_id: bits for file_id, bits in ((r[0], r[2]) for r in rows)}
+        removed = [k for k, bits in indexed.items() if wanted.get(k) != bits]
+        added = {k: bits for k, bits in wanted.items() if indexed.get(k) != bits}
+        if added or removed:
+            index.update(added, removed)
+        self._indexed_bits[algorithm.name] = wanted
+        return index
+
+    def _fingerprint(self) -> str:
+        parts = [self.plan.decode, os.fspath(self.images), os.fspath(self.config.output)]
+        parts += [f"{a.name}:{a.max_threshold}:{a.step}" for a in self.algorithms]
+        return "|".join(parts)
+
+
+def _link_name(path: str, hexhash: str) -> str:
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return link_name(stem, hexhash, ext)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_layout(config: Config) -> None:
+    """The store and the output never live inside the images folder: imgclusterd never writes
+    there, and a watcher that sees its own writes would loop."""
+    for key, path in (("output", config.output), ("state_dir", config.store_dir)):
+        if _inside(path, config.images):
+            raise ConfigError(
+                f"{key}: {path} is inside the images folder {config.images}; imgclusterd "
+                "never writes into the images folder, choose a place outside it",
+                key=key,
+            )
+        if _inside(config.images, path):
+            raise ConfigError(
+                f"{key}: {path} contains the images folder {config.images}; choose a place "
+                "beside it",
+                key=key,
+            )
+

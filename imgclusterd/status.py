@@ -1,0 +1,182 @@
+"""``imgclusterd status``: what the daemon of one images folder is doing, from the outside.
+
+It never talks to the daemon: it reads the store read-only (WAL lets it read while the daemon
+writes) and probes the instance lock, so it answers the same whether the daemon is running,
+stopped, hung or never ran. A daemon whose lock is held but whose heartbeat is older than
+:data:`STALE_AFTER` is *not responding* (a hung main loop stops writing heartbeats, just as it
+stops systemd's watchdog pings).
+
+The JSON shape (``status --json``) is stable; new keys may be added, none removed or renamed:
+
+    {
+      "state": "running" | "not running" | "not responding" | "never ran",
+      "pid": int | null, "uptime_seconds": float | null, "heartbeat_age_seconds": float | null,
+      "phase": "starting" | "scanning" | "hashing" | "clustering" | "writing" | "idle"
+               | "waiting" | "stopped" | null,
+      "progress": {"done": int, "total": int} | null,
+      "message": str | null,
+      "counts": {"images": int, "hashed": int, "pending": int, "unreadable": int},
+      "unreadable_examples": [{"path": str, "reason": str}, ...],
+      "last_refresh": {"finished": str (ISO 8601), "seconds": float, "generation": str | null,
+                       "hashed": int} | null,
+      "images": str, "output": str, "store": str,
+      "watcher": {"mode": str | null, "warnings": [str, ...]}
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import StoreError
+from .lock import holder_pid
+from .store import STORE_NAME, Store
+
+__all__ = ["STALE_AFTER", "LOCK_NAME", "EXIT_CODES", "collect", "render"]
+
+LOCK_NAME = "daemon.lock"
+STALE_AFTER = 90.0  # seconds without a heartbeat; the daemon writes one at least every 10 s
+EXIT_CODES = {"running": 0, "not responding": 1, "not running": 3, "never ran": 3}
+
+
+def collect(config: Config, now: float | None = None) -> dict[str, Any]:
+    """Gather the status of the daemon for ``config.images`` (see the module doc for the shape)."""
+    now = time.time() if now is None else now
+    store_path = config.store_dir / STORE_NAME
+    status: dict[str, Any] = {
+        "state": "never ran",
+        "pid": None,
+        "uptime_seconds": None,
+        "heartbeat_age_seconds": None,
+        "phase": None,
+        "progress": None,
+        "message": None,
+        "counts": {"images": 0, "hashed": 0, "pending": 0, "unreadable": 0},
+        "unreadable_examples": [],
+        "last_refresh": None,
+        "images": str(config.images),
+        "output": str(config.output),
+        "store": str(store_path),
+        "watcher": {"mode": None, "warnings": []},
+    }
+    pid = holder_pid(config.store_dir / LOCK_NAME) if config.store_dir.exists() else None
+    daemon: dict[str, Any] = {}
+    if store_path.exists():
+        try:
+            with Store.open(store_path, readonly=True) as store:
+                counts = store.counts()
+                daemon = store.get_state("daemon") or {}
+                last = store.get_state("last_refresh")
+                examples = store.unreadable(limit=5)
+        except StoreError as exc:
+            status["message"] = str(exc)
+        else:
+            status["state"] = "not running"
+            status["counts"] = {
+                "images": counts["hashed"],
+                "hashed": counts["hashed"],
+                "pending": int(daemon.get("pending", 0)) if pid else 0,
+                "unreadable": counts["unreadable"],
+            }
+            status["unreadable_examples"] = [{"path": p, "reason": r} for p, r in examples]
+            if last:
+                status["last_refresh"] = {
+                    "finished": _iso(last["finished"]),
+                    "seconds": last.get("seconds"),
+                    "generation": last.get("generation"),
+                    "hashed": last.get("hashed", 0),
+                }
+    if pid is not None:
+        status["pid"] = pid
+        heartbeat = daemon.get("heartbeat") if daemon.get("pid") == pid else None
+        if heartbeat is None:
+            status["state"] = "running"  # just started: lock held, no heartbeat written yet
+            status["phase"] = "starting"
+        else:
+            age = max(0.0, now - float(heartbeat))
+            status["heartbeat_age_seconds"] = round(age, 1)
+            status["state"] = "running" if age <= STALE_AFTER else "not responding"
+            status["uptime_seconds"] = round(now - float(daemon.get("started", now)), 1)
+            status["phase"] = daemon.get("phase")
+            status["progress"] = daemon.get("progress")
+            status["message"] = daemon.get("message")
+        status["watcher"] = {
+            "mode": daemon.get("watcher_mode"),
+            "warnings": list(daemon.get("warnings", [])),
+        }
+    elif daemon:
+        status["phase"] = "stopped"
+    return status
+
+
+def render(status: dict[str, Any]) -> str:
+    """The human form: a headline, then one fact per line."""
+    state = status["state"]
+    head = f"imgclusterd: {state}"
+    if status["pid"]:
+        head += f" (pid {status['pid']}"
+        if status["uptime_seconds"] is not None:
+            head += f", up {_duration(status['uptime_seconds'])}"
+        head += ")"
+    lines = [head]
+    if state == "not responding":
+        lines.append(
+            f"  no heartbeat for {_duration(status['heartbeat_age_seconds'])}: the main loop "
+            "seems hung (systemd's watchdog restarts it when run as a service)"
+        )
+    phase = status["phase"]
+    if phase:
+        progress = status["progress"]
+        if progress and progress.get("total"):
+            phase += f" {progress['done']}/{progress['total']}"
+        lines.append(f"  phase:        {phase}")
+    if status["message"]:
+        lines.append(f"  message:      {status['message']}")
+    c = status["counts"]
+    lines.append(
+        f"  photos:       {c['images']} hashed, {c['pending']} pending, "
+        f"{c['unreadable']} unreadable"
+    )
+    for example in status["unreadable_examples"]:
+        lines.append(f"    unreadable: {example['path']}: {example['reason']}")
+    last = status["last_refresh"]
+    if last:
+        lines.append(
+            f"  last refresh: {last['finished']} ({last['seconds']} s, "
+            f"generation {last['generation']})"
+        )
+    else:
+        lines.append("  last refresh: never")
+    lines.append(f"  images:       {status['images']}")
+    lines.append(f"  output:       {status['output']}")
+    lines.append(f"  store:        {status['store']}")
+    watcher = status["watcher"]
+    if watcher["mode"]:
+        lines.append(f"  watcher:      {watcher['mode']}")
+    for warning in watcher["warnings"]:
+        lines.append(f"  warning:      {warning}")
+    return "\n".join(lines)
+
+
+def to_json(status: dict[str, Any]) -> str:
+    return json.dumps(status, indent=2, sort_keys=True)
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
