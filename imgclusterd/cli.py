@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImgclusterdError as exc:
         print(f"imgclusterd: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `imgclusterd status | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("imgclusterd: interrupted", file=sys.stderr)
         return 130
@@ -83,6 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--check", type=Path, metavar="FILE",
                         help="validate FILE and exit 0 if it is valid")
     config.set_defaults(handler=cmd_config)
+
+    run = commands.add_parser(
+        "run",
+        help="the daemon: watch the images folder and keep the output current (foreground)",
+        description="Watches the images folder (recursively) and, shortly after each burst of "
+        "changes, hashes what changed and swaps in a refreshed output tree. Runs in the "
+        "foreground until SIGTERM or Ctrl-C; this is what the systemd user service starts. "
+        "One daemon per images folder.",
+    )
+    _add_config_options(run)
+    run.add_argument("--reset-store", action="store_true",
+                     help="set the store aside (renamed, not deleted) and start a new one")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    run.set_defaults(handler=cmd_run)
+
+    status = commands.add_parser(
+        "status",
+        help="say whether the daemon runs and what it is doing",
+        description="Reports running / not running / not responding, pid and uptime, phase, "
+        "counts, last refresh, paths and watcher warnings. Works whether the daemon is "
+        "running, stopped, hung or never ran. Exit code: 0 running, 3 not running, "
+        "1 not responding.",
+    )
+    _add_config_options(status)
+    status.add_argument("--json", action="store_true",
+                        help="machine-readable output (shape documented in imgclusterd.status)")
+    status.set_defaults(handler=cmd_status)
 
     sample = commands.add_parser(
         "sample",
@@ -178,6 +209,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"output: {config.output}")
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    from .errors import ConfigError
+    from .notify import Notifier
+
+    try:
+        config = _load(args).config
+    except ConfigError as exc:
+        # Under systemd: say what is wrong where `systemctl --user status` shows it.
+        Notifier.from_env().status(f"config error: {exc}")
+        raise
+    if args.reset_store:
+        reset_store(config)
+    return Daemon(config).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    report = status.collect(_load(args).config)
+    print(status.to_json(report) if args.json else status.render(report))
+    return status.EXIT_CODES[report["state"]]
 
 
 def cmd_config(args: argparse.Namespace) -> int:

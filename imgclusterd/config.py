@@ -225,7 +225,8 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 
 def _absolute(path: Path, base: Path) -> Path:
-    return path if path.is_absolute() else (base / path).resolve()
+    # abspath, not resolve(): OUTPUT is a symlink we own and must stay the path we swap.
+    return Path(os.path.abspath(base / path))
 
 
 def _config_error(exc: ValidationError, file: Path | None) -> ConfigError:

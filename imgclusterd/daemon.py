@@ -1,0 +1,324 @@
+"""``imgclusterd run``: the watching daemon. The only module that wires the stages together
+over time; each refresh is :meth:`Pipeline.refresh`, the same code ``scan`` runs once.
+
+Shape of the main loop (one thread decides everything; others only record):
+
+    watchdog thread ──paths──▶ Debouncer ◀── signal handlers only set ``stop`` / ask a rescan
+                                   │ due (quiet for `debounce`, or `max_delay` after the first event)
+    main loop: heartbeat + WATCHDOG=1 ─▶ refresh ─▶ idle ─▶ sleep until due / next ping / stop
+
+The watchdog pings come from the main loop (and from progress callbacks inside a long refresh),
+so a hung loop stops them and systemd restarts the service. A missing or empty images folder
+is a *waiting* state, never a reason to forget photos: the last output stays as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .config import Config
+from .errors import ImagesFolderError, OutputError
+from .filters import is_candidate
+from .lock import InstanceLock
+from .notify import Notifier, watchdog_interval
+from .pipeline import Pipeline, RefreshReport
+from .status import LOCK_NAME
+from .watch import RootMissingError, Watcher
+
+__all__ = ["Daemon", "HEARTBEAT_EVERY"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 5.0  # seconds between heartbeat rows while idle (status: stale after 90 s)
+_OUTPUT_RETRY = 30.0  # seconds before retrying after the output could not be written
+
+
+@dataclass
+class _State:
+    """What the daemon is doing, as written to the store's ``daemon`` row for ``status``."""
+
+    pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=time.time)
+    phase: str = "starting"
+    progress: dict[str, int] | None = None
+    message: str | None = None
+    pending: int = 0
+    watcher_mode: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def row(self, now: float) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "started": self.started,
+            "heartbeat": now,
+            "phase": self.phase,
+            "progress": self.progress,
+            "message": self.message,
+            "pending": self.pending,
+            "watcher_mode": self.watcher_mode,
+            "warnings": self.warnings,
+        }
+
+
+class Daemon:
+    """One images folder kept clustered until :attr:`stop` is set (by SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] = os.environ,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.notifier = Notifier.from_env(environ)
+        self.ping_every = watchdog_interval(environ)
+        self.state = _State()
+        self.refreshes = 0
+        self._last_ping = 0.0
+        self._last_heartbeat = 0.0
+        self._last_status = ""
+        self._next_rescan = 0.0
+        self._output_retry_at: float | None = None
+        from .debounce import Debouncer  # local: keeps the import list of the wiring visible
+
+        self.debouncer = Debouncer(
+            config.debounce, config.max_delay, clock, on_change=self.wake.set
+        )
+        self.watcher: Watcher | None = None
+        self.pipeline: Pipeline | None = None
+
+    # -- entry point ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code (0 on an orderly stop)."""
+        self._install_signal_handlers()
+        lock = InstanceLock(self.config.store_dir / LOCK_NAME)
+        lock.acquire()  # AlreadyRunning("already running (pid N)") before touching anything
+        try:
+            self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+            self._start_watcher()
+            self.debouncer.request_rescan("start-up")
+            self._heartbeat(force=True)
+            self.notifier.ready(status="starting: first scan")
+            log.info(
+                "watching %s (%s), output %s",
+                self.config.images, self.state.watcher_mode or "waiting", self.config.output,
+            )
+            self._loop()
+        finally:
+            self._shutdown()
+            lock.release()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        # Handlers only record; the loop notices within one tick (it sleeps on ``wake``).
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.stop.set()
+            self.wake.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.debouncer.request_rescan("SIGHUP")
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            self.tick()
+            wait = self._sleep_time()
+            self.wake.wait(wait)
+            self.wake.clear()
+
+    def tick(self) -> None:
+        """One turn of the main loop: keep-alives, watcher health, and a refresh when due."""
+        now = self.clock()
+        self._ping()
+        self._check_root()
+        if now >= self._next_rescan and self.state.phase != "waiting":
+            self.debouncer.request_rescan("periodic rescan")
+            self._next_rescan = now + self.config.rescan_interval
+        if self._output_retry_at is not None and now >= self._output_retry_at:
+            self._output_retry_at = None
+            self.debouncer.request_rescan("retrying the output")
+        if self.state.phase != "waiting" and self.debouncer.due():
+            self._refresh()
+        self.state.pending = len(self.debouncer)
+        self._heartbeat()
+
+    def _sleep_time(self) -> float:
+        candidates = [HEARTBEAT_EVERY, 1.0]
+        if self.ping_every:
+            candidates.append(self.ping_every)
+        due = self.debouncer.wait_time()
+        if due is not None:
+            candidates.append(due)
+        return max(0.0, min(candidates))
+
+    def _refresh(self) -> None:
+        assert self.pipeline is not None
+        batch = self.debouncer.take()
+        if not batch:
+            return
+        why = ", ".join(batch.reasons) if batch.rescan else f"{len(batch.paths)} changed paths"
+        log.debug("refresh: %s", why)
+        self._set_phase("scanning")
+        try:
+            report = self.pipeline.refresh()
+        except ImagesFolderError as exc:
+            self._wait_for_root(str(exc))
+            return
+        except OutputError as exc:
+            # e.g. disk full while building a generation: the previous output stays current.
+            log.error("output not refreshed: %s (retrying in %.0f s)", exc, _OUTPUT_RETRY)
+            self._set_phase("idle", message=f"output not refreshed: {exc}")
+            self._output_retry_at = self.clock() + _OUTPUT_RETRY
+            return
+        if report.deferred:
+            # Still being written (or changed while hashed): look again after the next quiet.
+            self.debouncer.add(report.deferred)
+        if report.interrupted:
+            return
+        self.refreshes += 1
+        self._log_refresh(report)
+        when = time.strftime("%H:%M", time.localtime())
+        self._set_phase(
+            "idle",
+            message=f"idle: {report.images:,} images, refreshed {when}",
+        )
+
+    def _log_refresh(self, report: RefreshReport) -> None:
+        timings = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
+        if report.output is not None:
+            log.info(
+                "refresh done: %s (%s; %d links written, %d folders reused)",
+                report.summary(), timings, report.output.links_written,
+                report.output.objects_reused,
+            )
+        elif report.changed:
+            log.info("refresh done: %s (%s)", report.summary(), timings)
+        else:
+            log.debug("nothing changed (%s)", timings)
+
+    # -- the images root and the watcher ----------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        exts = tuple(self.config.extensions)
+        self.watcher = Watcher(
+            self.config.images,
+            on_paths=self.debouncer.add,
+            on_rescan=self.debouncer.request_rescan,
+            mode=self.config.watcher,
+            poll_interval=self.config.poll_interval,
+            is_candidate=lambda path: is_candidate(os.path.basename(path), exts),
+            exclude=[self.config.output, self.config.store_dir],
+            follow_symlinks=self.config.follow_symlinks,
+        )
+        try:
+            self.watcher.start()
+        except RootMissingError:
+            self._wait_for_root(f"images folder {self.config.images} is missing")
+            return
+        self.state.watcher_mode = self.watcher.mode
+        self.state.warnings = list(self.watcher.warnings)  # the watcher logged them
+
+    def _wait_for_root(self, reason: str) -> None:
+        if self.state.phase != "waiting":
+            log.warning("%s; waiting for it to come back (nothing is forgotten)", reason)
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        self.state.watcher_mode = None
+        self._set_phase("waiting", message=f"waiting: {reason}")
+
+    def _check_root(self) -> None:
+        """Leave the waiting state when the folder is back; restart a dead watcher."""
+        images: Path = self.config.images
+        if self.state.phase == "waiting":
+            if images.is_dir() and any(True for _ in os.scandir(images)):
+                log.info("images folder %s is back: rescanning", images)
+                self._set_phase("idle", message="images folder is back")
+                self._start_watcher()
+                self.debouncer.request_rescan("images folder came back")
+            return
+        if not images.is_dir():
+            self._wait_for_root(f"images folder {images} is missing")
+        elif self.watcher is not None and not self.watcher.alive():
+            log.warning("the file watcher stopped; restarting it and rescanning")
+            self.watcher.stop()
+            self._start_watcher()
+            self.debouncer.request_rescan("watcher restarted")
+
+    # -- status, heartbeat, systemd ---------------------------------------------------------
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        """Called by the pipeline from the main thread during a refresh."""
+        self.state.phase = phase
+        self.state.progress = {"done": done, "total": total} if total else None
+        if phase == "hashing" and total:
+            self.state.pending = total - done + len(self.debouncer)
+            text = f"hashing {done}/{total}"
+        else:
+            text = phase
+        self._notify_status(text)
+        self._ping()
+        self._heartbeat()
+
+    def _set_phase(self, phase: str, message: str | None = None) -> None:
+        self.state.phase = phase
+        self.state.progress = None
+        self.state.message = message
+        self._notify_status(message or phase)
+        self._heartbeat(force=True)
+
+    def _notify_status(self, text: str) -> None:
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.status(text)
+
+    def _ping(self) -> None:
+        now = self.clock()
+        if self.ping_every and now - self._last_ping >= self.ping_every / 2:
+            self._last_ping = now
+            self.notifier.watchdog()
+
+    def _heartbeat(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last_heartbeat < 1.0:
+            return
+        self._last_heartbeat = now
+        if self.pipeline is not None:
+            try:
+                self.pipeline.store.set_state("daemon", self.state.row(time.time()))
+            except Exception as exc:  # a locked or full disk must not kill the daemon
+                log.warning("could not write the heartbeat: %s", exc)
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping(status="stopping")
+        log.info("stopping")
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.pipeline is not None:
+            self.state.phase = "stopped"
+            self.state.progress = None
+            self.state.message = None
+            try:
+                self.pipeline.store.set_state("daemon", self.state.row(time.time()))
+            except Exception as exc:
+                log.warning("could not record the stop: %s", exc)
+            self.pipeline.close()

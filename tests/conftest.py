@@ -1,0 +1,89 @@
+"""Shared fixtures: photo folders made of real image files, the real CLI in a subprocess, and a
+guard that proves imgclusterd left the images folder byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imgclusterd.sample import make_sample
+
+
+def tree_digest(root: Path) -> dict[str, tuple[str, int, int]]:
+    """sha256, mode and mtime of every entry under root (symlinks by their target text)."""
+    result: dict[str, tuple[str, int, int]] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            st = path.lstat()
+            rel = os.path.relpath(path, root)
+            if path.is_symlink():
+                result[rel] = ("link:" + os.readlink(path), st.st_mode, 0)
+            elif path.is_file():
+                try:
+                    data = path.read_bytes()
+                except PermissionError:
+                    data = b"<no permission>"
+                result[rel] = (hashlib.sha256(data).hexdigest(), st.st_mode, st.st_mtime_ns)
+            else:
+                result[rel] = ("dir", st.st_mode, 0)
+    return result
+
+
+class Workspace:
+    """A folder laid out like the one-shot script's (``data/images``, ``data/output``) plus a
+    private state dir. ``snapshot()`` records the images folder after the test's own changes;
+    at teardown the folder must equal the last snapshot."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.images = root / "data" / "images"
+        self.output = root / "data" / "output"
+        self.state = root / "state"
+        self._expected: dict[str, tuple[str, int, int]] = {}
+
+    def snapshot(self) -> None:
+        self._expected = tree_digest(self.images)
+
+    def assert_unchanged(self) -> None:
+        assert tree_digest(self.images) == self._expected, "the images folder was modified"
+
+    def scan(self, *args: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        return run_cli("scan", "--state-dir", str(self.state), *args, cwd=self.root, env=env)
+
+
+@pytest.fixture(scope="session")
+def sample_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sample") / "images"
+    make_sample(folder)
+    return folder
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, sample_source: Path) -> Iterator[Workspace]:
+    ws = Workspace(tmp_path)
+    ws.images.parent.mkdir(parents=True)
+    shutil.copytree(sample_source, ws.images)
+    ws.state.mkdir()
+    ws.snapshot()
+    yield ws
+    ws.assert_unchanged()
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real ``imgclusterd`` command in a subprocess."""
+    environment = dict(os.environ)
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "imgclusterd", *args],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
