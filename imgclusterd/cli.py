@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, LoadedConfig, load_config
-from .errors import ImgclusterdError
+from .errors import ImagesFolderError, ImgclusterdError
 from .store import STORE_NAME
 
 __all__ = ["main"]
@@ -187,6 +187,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .progress import ProgressPrinter
 
     config = _load(args).config
+    if not config.images.is_dir():
+        # Checked before the store is created: a typo must not leave a store behind.
+        raise ImagesFolderError(f"images folder {config.images} does not exist or is not a "
+                                "folder (set `images` in the config or pass --images)")
     if args.reset_store:
         reset_store(config)
     printer = ProgressPrinter() if not args.quiet else None

@@ -160,7 +160,7 @@ class Store:
         for number, name, sql in MIGRATIONS:
             if number <= version:
                 continue
-            log.info("store: applying migration %d (%s)", number, name)
+            log.debug("store: applying migration %d (%s)", number, name)
             with self.transaction():
                 for statement in sql.split(";"):
                     if statement.strip():

@@ -1,0 +1,618 @@
+"""Clusters of images at every threshold of a sweep, from one minimum spanning forest.
+
+Two images are *linked* at threshold ``t`` when the Hamming distance of their hashes is
+``<= t``; the clusters at ``t`` are the connected components (two or more members) of that
+graph, and images linked to nobody are *unclustered*.
+
+Why a spanning forest is enough (single linkage): let ``F`` be a minimum spanning forest of
+the complete distance graph. For every ``t``, the edges of ``F`` with weight ``<= t`` are a
+spanning forest of the graph of edges ``<= t`` (Kruskal visits edges by weight, so by the time
+it has seen every edge ``<= t`` it has built exactly that). Both graphs therefore have the same
+components. So we build ``F`` once -- ``N - 1`` edges, never the ``N**2 / 2`` pairs, most of
+which are links at the top thresholds -- and each threshold's partition is a union-find over
+a prefix of ``F``'s edges sorted by weight. Edges heavier than the largest threshold the caller
+needs (``limit``) never matter and are dropped.
+
+Building ``F`` is Prim's algorithm on the dense graph, vectorised with numpy: hashes are kept
+as 64-bit words, and each of the ``N`` steps XORs + popcounts the newest tree vertex against
+the vertices still outside the tree (O(N) memory, O(N**2 * words) time). Several algorithms
+share the Python loop (:func:`spanning_forests`), which is how the 14 default configurations
+are clustered together.
+
+Incremental upkeep (the daemon's case):
+
+- adding ``k`` images: ``MSF(old + new)`` uses only old forest edges and edges incident to a new
+  vertex (an old non-forest edge is the heaviest on a cycle of old edges, which stays a cycle),
+  so ``k * N`` distances and one Kruskal over ``~N + k*N`` candidate edges suffice;
+- removing images: old forest edges between survivors stay in a minimum spanning forest (a
+  subgraph has fewer cycles); only trees that lost a vertex fall into pieces, and the pieces are
+  reconnected smallest piece first (its lightest edge to the rest is safe by the cut property).
+  Cost: ``sum(piece size) * (size of the broken trees)`` distances -- at most a rebuild of the
+  broken trees, and tiny when a leaf or a small subtree is cut off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+__all__ = [
+    "REBUILD_SHARE",
+    "ClusterIndex",
+    "Forest",
+    "KeyPartition",
+    "Partition",
+    "distance_matrix_rows",
+    "extend_forest",
+    "remove_from_forest",
+    "spanning_forest",
+    "spanning_forests",
+    "sweep",
+]
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+
+_FAR = np.iinfo(np.uint16).max  # "no edge yet"; real distances are <= hash bits (<< 65535)
+#: Incremental updates touching more than this share of the rows rebuild from scratch instead:
+#: k*N distances plus a sparse Kruskal stop paying off against Prim's N**2/2 around here.
+REBUILD_SHARE = 0.25
+# Upper bound on temporaries of shape (rows, N): ~8 MB of uint64 per block.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Forest:
+    """A minimum spanning forest over vertices ``0..n-1`` keeping edges of weight ``<= limit``.
+
+    Edges are ``(u[i], v[i], w[i])`` with ``u < v``, sorted by ``(w, u, v)``. ``limit`` is the
+    largest threshold the forest can answer (``None``: unknown, not checked).
+    """
+
+    n: int
+    u: np.ndarray  # int32
+    v: np.ndarray  # int32
+    w: np.ndarray  # uint16
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The clusters at one threshold, in vertex indices.
+
+    ``clusters``: each ascending by rank; ordered by size descending, then smallest rank.
+    ``unclustered``: ascending by rank.
+    """
+
+    threshold: int
+    clusters: list[np.ndarray]
+    unclustered: np.ndarray
+
+
+@dataclass(frozen=True)
+class KeyPartition(Generic[K]):
+    """A :class:`Partition` expressed in the keys of a :class:`ClusterIndex` (same order rules)."""
+
+    threshold: int
+    clusters: list[list[K]]
+    unclustered: list[K]
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def _words(packed: np.ndarray) -> np.ndarray:
+    """(N, nbytes) packed hashes -> (W, N) uint64, zero-padded (padding XORs to 0)."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    if packed.ndim != 2:
+        raise ValueError(f"packed hashes must be an (N, nbytes) matrix, got shape {packed.shape}")
+    n, nbytes = packed.shape
+    nwords = max(1, -(-nbytes // 8))
+    padded = np.zeros((n, nwords * 8), dtype=np.uint8)
+    padded[:, :nbytes] = packed
+    return np.ascontiguousarray(padded.view(np.uint64).T)
+
+
+def _distances(words: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """Hamming distances ``rows x cols`` as uint16, from (W, N) words; blocked to bound memory."""
+    target = words if cols is None else words[:, cols]
+    ncols = target.shape[1]
+    out = np.zeros((len(rows), ncols), dtype=np.uint16)
+    step = max(1, _BLOCK_ELEMENTS // max(1, ncols))
+    tmp = np.empty((min(step, len(rows)), ncols), dtype=np.uint64)
+    cnt = np.empty(tmp.shape, dtype=np.uint8)
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
+        b = len(block)
+        for word in range(words.shape[0]):
+            np.bitwise_xor(target[word][None, :], words[word, block][:, None], out=tmp[:b])
+            np.bitwise_count(tmp[:b], out=cnt[:b])
+            out[start : start + b] += cnt[:b]
+    return out
+
+
+def distance_matrix_rows(packed: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Hamming distances from ``packed[rows]`` to every row: (len(rows), N) uint16."""
+    return _distances(_words(packed), np.asarray(rows, dtype=np.intp).ravel())
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _empty_forest(n: int, limit: int | None) -> Forest:
+    return Forest(
+        n,
+        np.empty(0, np.int32),
+        np.empty(0, np.int32),
+        np.empty(0, np.uint16),
+        limit,
+    )
+
+
+def _make_forest(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray, limit: int) -> Forest:
+    """Normalise edges (u < v, weight <= limit) and sort them by (w, u, v)."""
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    keep = w <= limit
+    lo, hi, w = np.minimum(u, v)[keep], np.maximum(u, v)[keep], w[keep]
+    order = np.lexsort((hi, lo, w))
+    return Forest(
+        n,
+        lo[order].astype(np.int32),
+        hi[order].astype(np.int32),
+        w[order].astype(np.uint16),
+        limit,
+    )
+
+
+def _prim_lockstep(words_list: list[np.ndarray], limits: list[int], n: int) -> list[Forest]:
+    """Prim's algorithm for several hash sets over the same N vertices, one Python loop.
+
+    Each algorithm keeps its own vertex order: the vertices outside its tree occupy positions
+    ``0..m-1`` and the vertex added last sits at ``m`` (swap-with-last, O(W) per step), so the
+    distance pass only touches the shrinking active prefix -- half the work of a full pass.
+    Algorithms with the same word count are stacked into one (W, A, N) array, so a step is a
+    handful of numpy calls per word count however many algorithms there are.
+    """
+    count = len(words_list)
+    if n < 2:
+        return [_empty_forest(n, limit) for limit in limits]
+    by_width: dict[int, list[int]] = {}
+    for a, words in enumerate(words_list):
+        by_width.setdefault(words.shape[0], []).append(a)
+    order = [a for width in sorted(by_width) for a in by_width[width]]  # row of key/parent -> a
+    groups = []  # (stacked words, rows of key/parent, xor buffer, popcount buffer)
+    row = 0
+    for width in sorted(by_width):
+        members = by_width[width]
+        stacked = np.stack([words_list[a] for a in members], axis=1)  # (W, A_g, N)
+        groups.append(
+            (
+                stacked,
+                slice(row, row + len(members)),
+                np.empty_like(stacked),
+                np.empty(stacked.shape, dtype=np.uint8),
+            )
+        )
+        row += len(members)
+
+    key = np.full((count, n), _FAR, dtype=np.uint16)  # lightest edge into the tree so far
+    parent = np.zeros((count, n), dtype=np.int32)  # tree end of that edge
+    ids = np.tile(np.arange(n, dtype=np.int32), (count, 1))  # position -> vertex
+    dist = np.empty((count, n), dtype=np.uint16)
+    less = np.empty((count, n), dtype=bool)
+    every = np.arange(count)
+    eu = np.empty((count, n - 1), dtype=np.int32)
+    ev = np.empty((count, n - 1), dtype=np.int32)
+    ew = np.empty((count, n - 1), dtype=np.uint16)
+
+    m = n - 1  # vertex at position n-1 starts every tree
+    for step in range(n - 1):
+        for stacked, rows, xor, pop in groups:
+            np.bitwise_xor(stacked[:, :, :m], stacked[:, :, m : m + 1], out=xor[:, :, :m])
+            np.bitwise_count(xor[:, :, :m], out=pop[:, :, :m])
+            np.add.reduce(pop[:, :, :m], axis=0, dtype=np.uint16, out=dist[rows, :m])
+        np.less(dist[:, :m], key[:, :m], out=less[:, :m])
+        np.copyto(parent[:, :m], ids[:, m : m + 1], where=less[:, :m])
+        np.minimum(key[:, :m], dist[:, :m], out=key[:, :m])
+        j = key[:, :m].argmin(axis=1)
+        eu[:, step] = parent[every, j]
+        ev[:, step] = ids[every, j]
+        ew[:, step] = key[every, j]
+        # Move the chosen vertex to position m-1 (it becomes "the newest tree vertex").
+        last = m - 1
+        for table in (key, parent, ids):
+            picked = table[every, j]
+            table[every, j] = table[every, last]
+            table[every, last] = picked
+        for stacked, rows, _, _ in groups:
+            jg = j[rows]
+            g = np.arange(len(jg))
+            picked = stacked[:, g, jg]
+            stacked[:, g, jg] = stacked[:, g, last]
+            stacked[:, g, last] = picked
+        m = last
+
+    forests: list[Forest | None] = [None] * count
+    for r, a in enumerate(order):
+        forests[a] = _make_forest(n, eu[r], ev[r], ew[r], limits[a])
+    return [f for f in forests if f is not None]
+
+
+def spanning_forests(
+    packed_list: Sequence[np.ndarray], limits: Sequence[int], workers: int = 1
+) -> list[Forest]:
+    """:func:`spanning_forest` for several hash sets of the same N images (e.g. 14 algorithms).
+
+    ``workers > 1`` splits the algorithms into that many lockstep groups of about equal word
+    counts and runs them in threads (numpy releases the GIL inside the distance passes).
+    """
+    if len(packed_list) != len(limits):
+        raise ValueError("need one limit per hash set")
+    words_list = [_words(p) for p in packed_list]
+    sizes = {w.shape[1] for w in words_list}
+    if len(sizes) > 1:
+        raise ValueError(f"all hash sets must cover the same images, got sizes {sorted(sizes)}")
+    n = sizes.pop() if sizes else 0
+    limit_list = [int(x) for x in limits]
+    workers = max(1, min(workers, len(words_list)))
+    if workers == 1:
+        return _prim_lockstep(words_list, limit_list, n)
+    # Greedy balance by word count (the cost of a step is proportional to it).
+    bins: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for a in sorted(range(len(words_list)), key=lambda a: -words_list[a].shape[0]):
+        b = loads.index(min(loads))
+        bins[b].append(a)
+        loads[b] += words_list[a].shape[0]
+    result: list[Forest | None] = [None] * len(words_list)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = [
+            (
+                members,
+                pool.submit(
+                    _prim_lockstep,
+                    [words_list[a] for a in members],
+                    [limit_list[a] for a in members],
+                    n,
+                ),
+            )
+            for members in bins
+            if members
+        ]
+        for members, job in jobs:
+            for a, forest in zip(members, job.result(), strict=True):
+                result[a] = forest
+    return [f for f in result if f is not None]
+
+
+def spanning_forest(packed: np.ndarray, limit: int) -> Forest:
+    """The minimum spanning forest of ``packed``'s rows, keeping edges of weight ``<= limit``."""
+    return spanning_forests([packed], [limit])[0]
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+def _check_limit(forest: Forest, limit: int) -> Forest:
+    """The forest cut down to ``limit``; refuse a limit the forest cannot answer."""
+    if forest.limit is not None and limit > forest.limit:
+        raise ValueError(
+            f"the forest only keeps edges <= {forest.limit}; rebuild it for limit {limit}"
+        )
+    keep = forest.w <= limit
+    return Forest(forest.n, forest.u[keep], forest.v[keep], forest.w[keep], limit)
+
+
+def _kruskal(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray, limit: int) -> Forest:
+    """Minimum spanning forest of a sparse candidate edge set (no duplicate pairs)."""
+    if len(w) == 0:
+        return _empty_forest(n, limit)
+    # scipy ignores zero-weight entries, so shift weights by one (exact duplicates are 0).
+    graph = coo_array((np.asarray(w, np.int32) + 1, (u, v)), shape=(n, n)).tocsr()
+    tree = minimum_spanning_tree(graph).tocoo()
+    return _make_forest(n, tree.row, tree.col, np.asarray(tree.data, np.int64) - 1, limit)
+
+
+def extend_forest(
+    forest: Forest,
+    packed: np.ndarray,
+    new_rows: np.ndarray,
+    limit: int,
+    rebuild_share: float | None = REBUILD_SHARE,
+) -> Forest:
+    """The forest of all rows of ``packed``, given ``forest`` over the rows not in ``new_rows``.
+
+    Old vertex ``i`` is the ``i``-th row of ``packed`` not in ``new_rows`` (normally the old rows
+    come first and ``new_rows`` is ``arange(old_n, N)``). Costs ``k * N`` distances; when the
+    new rows are more than ``rebuild_share`` of all rows, a from-scratch build (same partitions)
+    is cheaper and is used instead (``None``: never).
+    """
+    words = _words(packed)
+    n = words.shape[1]
+    new = np.unique(np.asarray(new_rows, dtype=np.intp))
+    if new.size and (new[0] < 0 or new[-1] >= n):
+        raise ValueError("new_rows out of range")
+    if forest.n != n - len(new):
+        raise ValueError(f"forest has {forest.n} vertices but packed has {n} rows, {len(new)} new")
+    forest = _check_limit(forest, limit)
+    if rebuild_share is not None and len(new) > rebuild_share * n:
+        return spanning_forest(packed, limit)
+    old = np.setdiff1d(np.arange(n), new)
+    u, v, w = old[forest.u], old[forest.v], forest.w  # re-indexed into packed's rows
+    present = np.zeros(n, dtype=bool)
+    present[old] = True
+    # Batches keep the candidate edge list (and the k x N distance block) bounded.
+    batch = max(1, _BLOCK_ELEMENTS // max(1, n))
+    for start in range(0, len(new), batch):
+        rows = new[start : start + batch]
+        dist = _distances(words, rows)
+        to_old = (dist <= limit) & present[None, :]
+        ri, cols = np.nonzero(to_old)
+        # Pairs inside the batch, once each (i > j).
+        inner = dist[:, rows]
+        bi, bj = np.tril_indices(len(rows), -1)
+        close = inner[bi, bj] <= limit
+        bi, bj = bi[close], bj[close]
+        cu = np.concatenate([u, rows[ri], rows[bi]])
+        cv = np.concatenate([v, cols, rows[bj]])
+        cw = np.concatenate([w, dist[ri, cols], inner[bi, bj]])
+        merged = _kruskal(n, cu, cv, cw, limit)
+        u, v, w = merged.u, merged.v, merged.w
+        present[rows] = True
+    return _make_forest(n, u, v, w, limit)
+
+
+def _labels(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Component label of each vertex for the graph with edges (u, v)."""
+    if n == 0:
+        return np.empty(0, dtype=np.int32)
+    graph = coo_array((np.ones(len(u), np.int8), (u, v)), shape=(n, n)).tocsr()
+    return connected_components(graph, directed=False)[1]
+
+
+def remove_from_forest(
+    forest: Forest,
+    packed: np.ndarray,
+    removed: np.ndarray,
+    limit: int,
+    rebuild_share: float | None = REBUILD_SHARE,
+) -> tuple[Forest, np.ndarray]:
+    """The forest without the ``removed`` rows, and ``kept``: new vertex ``i`` is old ``kept[i]``.
+
+    ``packed`` holds the rows of the old forest (removed ones included). Survivors keep their
+    order and are renumbered ``0..n-k-1``. Above ``rebuild_share`` of the rows removed, the
+    survivors' forest is rebuilt from scratch (``None``: never).
+    """
+    words = _words(packed)
+    n = words.shape[1]
+    if forest.n != n:
+        raise ValueError(f"forest has {forest.n} vertices but packed has {n} rows")
+    gone = np.zeros(n, dtype=bool)
+    gone[np.asarray(removed, dtype=np.intp)] = True
+    kept = np.flatnonzero(~gone)
+    forest = _check_limit(forest, limit)
+    if rebuild_share is not None and int(gone.sum()) > rebuild_share * n:  # many holes
+        return spanning_forest(np.asarray(packed)[kept], limit), kept
+    tree = _labels(n, forest.u, forest.v)
+    broken = np.zeros(n, dtype=bool)
+    broken[np.unique(tree[gone])] = True
+    survives = ~gone[forest.u] & ~gone[forest.v]
+    u, v, w = forest.u[survives], forest.v[survives], forest.w[survives]
+    # Vertices of trees that lost a vertex; other trees are untouched (no edge <= limit leaves
+    # a tree, so nothing outside the broken trees can join them).
+    affected = np.flatnonzero(broken[tree] & ~gone)
+    piece = _labels(n, u, v)[affected]
+    add_u: list[int] = []
+    add_v: list[int] = []
+    add_w: list[int] = []
+    # Smallest piece first: its lightest edge to any other live piece is in some MSF.
+    live = np.ones(len(affected), dtype=bool)
+    while True:
+        sizes = np.bincount(piece[live]) if live.any() else np.zeros(0, np.intp)
+        labels_alive = np.flatnonzero(sizes)
+        if len(labels_alive) < 2:
+            break
+        smallest = labels_alive[np.argmin(sizes[labels_alive])]
+        inside = piece == smallest
+        outside = live & ~inside
+        src, dst = affected[inside], affected[outside]
+        best = (_FAR, -1, -1)
+        step = max(1, _BLOCK_ELEMENTS // max(1, len(dst)))
+        for start in range(0, len(src), step):
+            dist = _distances(words, src[start : start + step], dst)
+            i, k = np.unravel_index(int(dist.argmin()), dist.shape)
+            if dist[i, k] < best[0]:
+                best = (int(dist[i, k]), int(src[start + i]), int(dst[k]))
+        weight, a, b = best
+        if weight > limit:  # a finished tree: nothing <= limit reaches it
+            live &= ~inside
+            continue
+        add_u.append(a)
+        add_v.append(b)
+        add_w.append(weight)
+        piece[inside] = piece[np.searchsorted(affected, b)]
+    remap = np.cumsum(~gone) - 1  # old vertex -> new index
+    return (
+        _make_forest(
+            len(kept),
+            remap[np.concatenate([u, np.asarray(add_u, np.int64)])],
+            remap[np.concatenate([v, np.asarray(add_v, np.int64)])],
+            np.concatenate([w, np.asarray(add_w, np.uint16)]),
+            limit,
+        ),
+        kept,
+    )
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def _rank_positions(n: int, ranks: np.ndarray | None) -> np.ndarray:
+    """Vertices in rank order (ties by index)."""
+    if ranks is None:
+        return np.arange(n)
+    ranks = np.asarray(ranks)
+    if ranks.shape != (n,):
+        raise ValueError(f"need one rank per vertex ({n}), got shape {ranks.shape}")
+    return np.argsort(ranks, kind="stable")
+
+
+def _partition(threshold: int, labels: np.ndarray, by_rank: np.ndarray) -> Partition:
+    n = len(labels)
+    lab = labels[by_rank]  # labels seen in rank order
+    sizes = np.bincount(lab, minlength=1)
+    first = np.full(len(sizes), n, dtype=np.int64)
+    np.minimum.at(first, lab, np.arange(n))
+    clustered = np.flatnonzero(sizes[lab] >= 2)
+    unclustered = by_rank[np.flatnonzero(sizes[lab] == 1)]
+    # Size descending, then the smallest rank; a stable sort keeps members in rank order.
+    cluster_key = (n - sizes[lab[clustered]]) * (n + 1) + first[lab[clustered]]
+    order = np.argsort(cluster_key, kind="stable")
+    members = by_rank[clustered[order]]
+    cuts = np.flatnonzero(np.diff(cluster_key[order])) + 1
+    bounds = np.concatenate([[0], cuts, [len(members)]]).tolist() if len(members) else [0]
+    # Plain slices: np.split costs several Python calls per piece, and there can be N/2 pieces.
+    clusters = [members[a:b] for a, b in pairwise(bounds)]
+    return Partition(threshold, clusters, unclustered)
+
+
+def sweep(
+    forest: Forest, thresholds: Sequence[int], ranks: np.ndarray | None = None
+) -> list[Partition]:
+    """The partition at each threshold (same order as ``thresholds``).
+
+    ``ranks``: a sort key per vertex (e.g. the position of its file path); default: the index.
+    """
+    by_rank = _rank_positions(forest.n, ranks)
+    wanted = [int(t) for t in thresholds]
+    for t in wanted:
+        if forest.limit is not None and t > forest.limit:
+            raise ValueError(f"threshold {t} is above the forest's limit {forest.limit}")
+    weights = forest.w.astype(np.int64)
+    # Rising thresholds only add edges, so labels are carried over and only the components the
+    # new edges touch are merged (O(N) gather per threshold instead of a full graph rebuild).
+    labels = np.arange(forest.n)
+    done = 0
+    result: dict[int, Partition] = {}
+    for t in sorted(set(wanted)):
+        k = int(np.searchsorted(weights, t, side="right"))
+        if k > done:
+            labels = _merge(labels, forest.u[done:k], forest.v[done:k])
+            done = k
+        result[t] = _partition(t, labels, by_rank)
+    return [result[t] for t in wanted]
+
+
+def _merge(labels: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Labels after adding edges (u, v): each merged component takes its smallest label."""
+    ends = np.concatenate([labels[u], labels[v]])
+    nodes, inverse = np.unique(ends, return_inverse=True)
+    sub = _labels(len(nodes), inverse[: len(u)], inverse[len(u) :])
+    smallest = np.full(int(sub.max()) + 1, labels.size, dtype=labels.dtype)
+    np.minimum.at(smallest, sub, nodes)
+    mapping = np.arange(labels.size)
+    mapping[nodes] = smallest[sub]
+    return mapping[labels]
+
+
+# --------------------------------------------------------------------------- daemon state
+
+
+class ClusterIndex(Generic[K]):
+    """One algorithm's hashes and forest, by key (e.g. a file id), kept across refreshes.
+
+    Vertex order is insertion order (survivors keep theirs, additions go last). Partitions come
+    out as :class:`KeyPartition` of keys.
+    """
+
+    def __init__(
+        self, limit: int, nbytes: int, rebuild_share: float | None = REBUILD_SHARE
+    ) -> None:
+        self.limit = int(limit)
+        self.nbytes = int(nbytes)
+        self.rebuild_share = rebuild_share
+        self._keys: list[K] = []
+        self._index: dict[K, int] = {}
+        self._packed = np.empty((0, self.nbytes), dtype=np.uint8)
+        self._forest = _empty_forest(0, self.limit)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    @property
+    def forest(self) -> Forest:
+        return self._forest
+
+    def keys(self) -> list[K]:
+        """Current keys in vertex order."""
+        return list(self._keys)
+
+    def update(self, added: Mapping[K, bytes], removed: Iterable[K] = ()) -> None:
+        """Remove ``removed`` (unknown keys are ignored), then add or replace ``added``.
+
+        A key in ``added`` that is already indexed is a changed hash: removed, then added at
+        the end (nothing happens when the bytes are the same, even if the key is in ``removed``).
+        """
+        for key, value in added.items():
+            if len(value) != self.nbytes:
+                raise ValueError(f"hash for {key!r} has {len(value)} bytes, expected {self.nbytes}")
+        gone = {key for key in removed if key in self._index}
+        fresh: dict[K, bytes] = {}
+        for key, value in added.items():
+            at = self._index.get(key)
+            if at is not None and self._packed[at].tobytes() == value:
+                gone.discard(key)  # unchanged: keep the vertex (and everyone's order) as is
+                continue
+            if at is not None:
+                gone.add(key)
+            fresh[key] = value
+        if gone:
+            rows = np.array(sorted(self._index[key] for key in gone), dtype=np.intp)
+            self._forest, kept = remove_from_forest(
+                self._forest, self._packed, rows, self.limit, self.rebuild_share
+            )
+            self._packed = self._packed[kept]
+            self._keys = [self._keys[i] for i in kept]
+        if fresh:
+            old_n = len(self._keys)
+            rows_new = np.frombuffer(b"".join(fresh.values()), dtype=np.uint8)
+            self._packed = np.vstack([self._packed, rows_new.reshape(len(fresh), self.nbytes)])
+            self._keys.extend(fresh)
+            new_rows = np.arange(old_n, len(self._keys))
+            self._forest = extend_forest(
+                self._forest, self._packed, new_rows, self.limit, self.rebuild_share
+            )
+        if gone or fresh:
+            self._index = {key: i for i, key in enumerate(self._keys)}
+
+    def sweep(
+        self, thresholds: Sequence[int], rank_of: Callable[[K], Any] | None = None
+    ) -> list[KeyPartition[K]]:
+        """Partitions in keys. Rank = ``rank_of(key)`` (default: the key itself; must sort)."""
+        rank = rank_of if rank_of is not None else (lambda key: key)
+        by_rank = sorted(range(len(self._keys)), key=lambda i: rank(self._keys[i]))
+        ranks = np.empty(len(by_rank), dtype=np.int64)
+        ranks[by_rank] = np.arange(len(by_rank))
+        keys = self._keys
+        return [
+            KeyPartition(
+                p.threshold,
+                [[keys[i] for i in c] for c in p.clusters],
+                [keys[i] for i in p.unclustered],
+            )
+            for p in sweep(self._forest, thresholds, ranks)
+        ]
