@@ -1,0 +1,392 @@
+"""The per-image hashing stage: one file in, its facts, content digest and every hash out.
+
+Runs inside pool workers and is pure: it knows nothing of the store or the output tree.
+A file is read once into memory, stat'ed before and after (a file that changed meanwhile is
+*unstable*: retried later, never recorded as unreadable), decoded once, and every configured
+algorithm is computed from that one decode.
+
+``decode="exact"`` (the default) gives ImageHash's hashes bit for bit, faster: one shared
+``convert("L")``, one Lanczos resize per distinct target size, and the wavelet hash computed
+from exact integer block sums (see :func:`_whash_exact`). ``decode="fast"`` decodes JPEGs at a
+reduced DCT scale and shrinks other images with ``reduce()`` first; hashes may differ by a few
+bits (measured by ``benchmarks/bench_hashing.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import stat
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import imagehash
+import numpy as np
+import scipy.fftpack
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imgclusterd.algorithms import Algorithm, pack_bits
+
+__all__ = [
+    "PILLOW_DEFAULT_MAX_PIXELS",
+    "FileFacts",
+    "HashPlan",
+    "HashResult",
+    "file_digest",
+    "hash_file",
+    "hash_image",
+    "register_heif",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` as shipped).
+PILLOW_DEFAULT_MAX_PIXELS = 89_478_485
+
+#: ISO-BMFF brands of HEIF/AVIF files, which Pillow opens only with the pillow-heif plugin.
+_HEIF_BRANDS = {
+    b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC",
+    b"hevx": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
+}
+
+#: Fast mode keeps the image's smaller side at least this many times the largest resize
+#: target (phash_20: 80 px -> 320 px, i.e. 1/8 DCT scale for a 12 MP JPEG). At 2x the
+#: hashes drift about twice as far; 8x halves the drift again for twice the time.
+_FAST_OVERSAMPLE = 4
+
+#: Modes Image.reduce() accepts (it refuses e.g. I;16 and P).
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"}
+
+_heif_registered: bool | None = None
+
+
+@dataclass(frozen=True)
+class HashPlan:
+    """What to compute for every file. Picklable: sent to pool workers with each task."""
+
+    algorithms: tuple[Algorithm, ...]
+    decode: Literal["exact", "fast"] = "exact"
+    exif_transpose: bool = True
+    max_image_pixels: int | None = PILLOW_DEFAULT_MAX_PIXELS  # None disables the bomb check
+
+    def __post_init__(self) -> None:
+        # Fail at configuration time, not once per file inside a worker.
+        if self.decode not in ("exact", "fast"):
+            raise ValueError(f"decode must be 'exact' or 'fast', not {self.decode!r}")
+        for algo in self.algorithms:
+            if algo.hash_size < 2:
+                raise ValueError(f"{algo.name}: hash_size must be at least 2")
+            if algo.kind == "whash" and algo.hash_size & (algo.hash_size - 1):
+                raise ValueError(f"{algo.name}: whash needs a power-of-two hash_size")
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """The stat facts that tell whether a file changed since it was hashed."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> FileFacts:
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+
+
+@dataclass
+class HashResult:
+    """What a worker returns for one path; ``error`` and ``unstable`` exclude ``hashes``."""
+
+    path: str
+    facts: FileFacts | None
+    digest: bytes | None
+    hashes: dict[str, bytes] = field(default_factory=dict)
+    error: str | None = None
+    unstable: bool = False
+
+
+class _Unreadable(Exception):
+    """A file that cannot be hashed; the message is the short reason for the user."""
+
+
+def register_heif() -> bool:
+    """Register pillow-heif's opener once if it is installed; True when HEIC/AVIF can open."""
+    global _heif_registered
+    if _heif_registered is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif_registered = True
+        except Exception:  # not installed, or a broken build: report such files as unsupported
+            _heif_registered = False
+    return _heif_registered
+
+
+def file_digest(path: str) -> bytes:
+    """sha256 of a file's content (the reconcile stage's identity for renames and copies)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def hash_file(path: str, plan: HashPlan) -> HashResult:
+    """Read, decode and hash one file. Never raises for a bad, changing or vanished file."""
+    read = _read(path)
+    if isinstance(read, HashResult):
+        return read
+    before, data = read
+    return _hash_read(path, plan, before, data)
+
+
+def _read(path: str) -> tuple[os.stat_result, bytes] | HashResult:
+    """Step 1: stat, then read the whole file into memory (one read: decode and digest agree)."""
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            return HashResult(path, FileFacts.from_stat(before), None, error="not a regular file")
+        with open(path, "rb") as f:
+            return before, f.read()
+    except OSError as exc:
+        return HashResult(path, None, None, error=_os_reason(exc))
+
+
+def _hash_read(path: str, plan: HashPlan, before: os.stat_result, data: bytes) -> HashResult:
+    """Step 2: stat again (a file that changed is unstable), digest, decode and hash."""
+    try:
+        after = os.stat(path)
+    except OSError as exc:
+        return HashResult(path, None, None, error=_os_reason(exc))
+    facts = FileFacts.from_stat(before)
+    if facts != FileFacts.from_stat(after) or len(data) != before.st_size:
+        # Still being written, or replaced: the caller retries once it is quiet.
+        return HashResult(path, facts, None, unstable=True)
+    digest = hashlib.sha256(data).digest()
+    if not data:
+        return HashResult(path, facts, digest, error="empty file")
+    try:
+        image = _decode(data, plan)
+        hashes = hash_image(image, plan)
+    except _Unreadable as exc:
+        return HashResult(path, facts, digest, error=str(exc))
+    except MemoryError:
+        return HashResult(path, facts, digest, error="out of memory while decoding")
+    except Exception as exc:  # a Pillow bug or an exotic file must not kill the batch
+        logger.debug("hashing %s failed", path, exc_info=True)
+        return HashResult(path, facts, digest, error=f"cannot decode: {_describe(exc)}")
+    return HashResult(path, facts, digest, hashes)
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "vanished"  # listed, then gone: the caller treats it as deleted
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "not a regular file"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def hash_image(image: Image.Image, plan: HashPlan) -> dict[str, bytes]:
+    """Every algorithm of ``plan`` on an already decoded (and transposed) image."""
+    with warnings.catch_warnings():
+        # e.g. "Palette images with Transparency expressed in bytes": harmless for hashing,
+        # and a worker has nobody to show warnings to.
+        warnings.simplefilter("ignore")
+        if plan.decode == "fast":
+            return _hash_fast(image, plan.algorithms)
+        return _hash_exact(image, plan.algorithms)
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def _decode(data: bytes, plan: HashPlan) -> Image.Image:
+    """Open and fully decode ``data`` (first frame), or raise _Unreadable with the reason."""
+    register_heif()
+    # Pillow reads the limit from a module global; workers run one file at a time.
+    Image.MAX_IMAGE_PIXELS = plan.max_image_pixels
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated photo is unreadable, not grey
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Pillow only warns between 1x and 2x the limit; the plan's limit is the limit.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image: Image.Image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise _Unreadable(_unsupported_reason(data) or "not an image") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Unreadable(_bomb_reason(str(exc), plan.max_image_pixels)) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise _Unreadable(_corrupt_reason(exc)) from None
+        pixels = max(1, image.width) * max(1, image.height)
+        if plan.max_image_pixels is not None and pixels > plan.max_image_pixels:
+            raise _Unreadable(_bomb_reason(f"({pixels} pixels)", plan.max_image_pixels))
+        if plan.decode == "fast" and image.format == "JPEG":
+            _draft_for(image, plan.algorithms)
+        try:
+            image.load()
+            if plan.exif_transpose:
+                # In place: the usual upright photo would otherwise be copied (~60 ms at 12 MP).
+                ImageOps.exif_transpose(image, in_place=True)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Unreadable(_bomb_reason(str(exc), plan.max_image_pixels)) from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+            raise _Unreadable(_corrupt_reason(exc)) from None
+    return image
+
+
+def _unsupported_reason(data: bytes) -> str | None:
+    """Name a known format Pillow cannot open here (HEIF family without pillow-heif)."""
+    if data[4:8] == b"ftyp":
+        brands = [data[8:12]] + [data[i : i + 4] for i in range(16, min(len(data), 64), 4)]
+        for brand in brands:
+            if brand in _HEIF_BRANDS:
+                return (
+                    f"unsupported format {_HEIF_BRANDS[brand]} "
+                    "(pip install 'imgclusterd[heif]')"
+                )
+    return None
+
+
+def _bomb_reason(message: str, limit: int | None) -> str:
+    match = re.search(r"\((\d+) pixels\)", message)
+    pixels = match.group(1) if match else "too many"
+    return f"decompression bomb ({pixels} pixels > limit {limit})"
+
+
+def _corrupt_reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "truncated" in text or isinstance(exc, EOFError) or "broken data stream" in text:
+        return "truncated image"
+    return f"corrupt image: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
+# --- exact: ImageHash bit for bit -----------------------------------------------------------
+
+
+def _hash_exact(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> dict[str, bytes]:
+    gray: Image.Image | None = None
+    resized: dict[tuple[int, int], np.ndarray] = {}
+
+    def pixels(size: tuple[int, int]) -> np.ndarray:
+        # ImageHash does image.convert("L").resize(size, LANCZOS) per call; both steps are
+        # deterministic, so one convert and one resize per distinct size give the same bits.
+        nonlocal gray
+        if size not in resized:
+            if gray is None:
+                gray = image.convert("L")
+            resized[size] = np.asarray(gray.resize(size, Image.Resampling.LANCZOS))
+        return resized[size]
+
+    out: dict[str, bytes] = {}
+    for algo in algorithms:
+        n = algo.hash_size
+        if algo.kind == "average_hash":
+            px = pixels((n, n))
+            bits = px > np.mean(px)
+        elif algo.kind == "phash":
+            bits = _phash_bits(pixels((4 * n, 4 * n)), n)
+        elif algo.kind == "dhash":
+            px = pixels((n + 1, n))
+            bits = px[:, 1:] > px[:, :-1]
+        elif algo.kind == "whash":
+            scale = _whash_scale(image.size, n)
+            bits = _whash_exact(pixels((scale, scale)), n)
+        elif algo.kind == "colorhash":
+            bits = imagehash.colorhash(image, binbits=n).hash
+        else:
+            raise ValueError(f"unknown algorithm kind {algo.kind!r}")
+        out[algo.name] = pack_bits(bits)
+    return out
+
+
+def _phash_bits(px: np.ndarray, n: int) -> np.ndarray:
+    # The very calls ImageHash makes, so the floating point is identical.
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(px, axis=0), axis=1)
+    low = dct[:n, :n]
+    return np.asarray(low > np.median(low))
+
+
+def _whash_scale(size: tuple[int, int], hash_size: int) -> int:
+    """ImageHash's default ``image_scale``, with its own float log2 (so the same rounding)."""
+    return max(2 ** int(np.log2(min(size))), hash_size)
+
+
+def _whash_exact(px: np.ndarray, hash_size: int) -> np.ndarray:
+    """``imagehash.whash`` (haar, remove_max_haar_ll) from the image_scale-square pixels.
+
+    Zeroing the top-level Haar LL subtracts the global mean, and the Haar LL at level k is
+    a positive multiple of the block sum, so the hash is ``block_sum > median(block_sums)``
+    (both sides shifted by the same constant). Integer block sums make that exact; only
+    when the two middle sums are equal (a tie at the median, e.g. flat images) can pywt's
+    rounding decide either way, and then we run ImageHash's own code on the same pixels.
+    """
+    side = px.shape[0]
+    block = side // hash_size
+    sums = px.reshape(hash_size, block, hash_size, block).sum(axis=(1, 3), dtype=np.int64)
+    ordered = np.sort(sums, axis=None)
+    half = ordered.size // 2
+    if ordered.size % 2 or ordered[half - 1] == ordered[half]:
+        return _whash_pywt(px, hash_size)
+    # median = (a + b) / 2 with a < b; compare doubled to stay in integers.
+    return np.asarray(2 * sums > ordered[half - 1] + ordered[half])
+
+
+def _whash_pywt(px: np.ndarray, hash_size: int) -> np.ndarray:
+    """ImageHash's whash body (default args) after its resize; the tie fallback."""
+    import pywt
+
+    ll_max_level = int(np.log2(px.shape[0]))
+    dwt_level = ll_max_level - int(np.log2(hash_size))
+    pixels = px / 255.0
+    coeffs = list(pywt.wavedec2(pixels, "haar", level=ll_max_level))
+    coeffs[0] *= 0
+    pixels = pywt.waverec2(coeffs, "haar")
+    low = pywt.wavedec2(pixels, "haar", level=dwt_level)[0]
+    return np.asarray(low > np.median(low))
+
+
+# --- fast: reduced decode --------------------------------------------------------------------
+
+
+def _target_side(algo: Algorithm) -> int:
+    """The largest side of the resize an algorithm starts from (whash: its blocks, 4 px)."""
+    n = algo.hash_size
+    return {"phash": 4 * n, "dhash": n + 1, "whash": 4 * n, "colorhash": 16}.get(algo.kind, n)
+
+
+def _fast_side(algorithms: tuple[Algorithm, ...]) -> int:
+    """The smallest side fast mode keeps: _FAST_OVERSAMPLE x the largest resize target."""
+    return max(_FAST_OVERSAMPLE * _target_side(a) for a in algorithms)
+
+
+def _draft_for(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> None:
+    """Ask libjpeg for the coarsest DCT scale (1/2..1/8) that keeps ``_fast_side``."""
+    need = _fast_side(algorithms)
+    mode = "RGB" if any(a.kind == "colorhash" for a in algorithms) else "L"
+    image.draft(mode, (need, need))
+
+
+def _hash_fast(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> dict[str, bytes]:
+    """The exact computation on a smaller image: a JPEG arrives drafted, others are reduced.
+
+    One box ``reduce()`` for everything, then each algorithm's own Lanczos resize: reducing
+    further per hash size saved little and drifted by twice as many bits (benchmarked).
+    """
+    factor = min(image.size) // _fast_side(algorithms)
+    if factor > 1:
+        if image.mode not in _REDUCIBLE:
+            colour = any(a.kind == "colorhash" for a in algorithms)
+            image = image.convert("RGBA" if colour else "L")
+        image = image.reduce(factor)
+    return _hash_exact(image, algorithms)

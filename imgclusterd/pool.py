@@ -1,0 +1,194 @@
+"""The process pool that runs the hashing stage, and survives workers being killed.
+
+Workers start through ``forkserver`` (``spawn`` where that is missing), never ``fork``: the
+daemon holds an flock and a SQLite connection that a forked child would inherit. They ignore
+SIGINT (the main process decides when to stop), ask the kernel to kill them when their parent
+dies, and apply the plan's decompression-bomb limit.
+
+A worker killed by the OOM killer or a SIGKILL breaks a ``ProcessPoolExecutor`` and fails every
+task in flight, without saying whose task it was. :class:`HashPool` then starts a new executor
+and re-runs those *suspects* one at a time: an innocent path simply gets hashed, and a path
+that breaks the pool again while alone is reported as ``"crashed the hashing worker"``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
+
+from PIL import Image
+
+from imgclusterd.hashing import HashPlan, HashResult, hash_file, register_heif
+
+__all__ = ["CRASHED", "HashPool"]
+
+logger = logging.getLogger(__name__)
+
+#: The error reported for a path that broke the pool twice.
+CRASHED = "crashed the hashing worker"
+
+_PR_SET_PDEATHSIG = 1
+#: How often map() wakes up to look at the stop event while tasks run.
+_POLL_SECONDS = 0.1
+
+
+class HashPool:
+    """Hash paths in worker processes; yields one :class:`HashResult` per path."""
+
+    def __init__(self, plan: HashPlan, workers: int | None = None) -> None:
+        self.plan = plan
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        methods = multiprocessing.get_all_start_methods()
+        self._context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in methods else "spawn"
+        )
+        if self._context.get_start_method() == "forkserver":
+            # Import Pillow/numpy/scipy once in the fork server rather than in every worker.
+            self._context.set_forkserver_preload(["imgclusterd.hashing"])
+        self._executor: ProcessPoolExecutor | None = None
+        self.restarts = 0  # how many times a broken pool was replaced (for status/tests)
+
+    def __enter__(self) -> HashPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(cancel=exc_type is not None)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes (empty before the first task)."""
+        if self._executor is None:
+            return []
+        processes = getattr(self._executor, "_processes", None) or {}
+        return [p.pid for p in list(processes.values()) if p.pid is not None and p.is_alive()]
+
+    def map(
+        self, paths: Iterable[str], stop: threading.Event | None = None
+    ) -> Iterator[HashResult]:
+        """Yield results as they complete (any order), at most ~2*workers tasks in flight.
+
+        When ``stop`` is set, nothing more is submitted, queued tasks are cancelled, and the
+        iterator ends within about ``_POLL_SECONDS`` (results still running are dropped).
+        """
+        source = iter(paths)
+        exhausted = False
+        in_flight: dict[Future[HashResult], str] = {}
+        suspects: deque[str] = deque()  # paths in flight when the pool broke: run alone
+        strikes: dict[str, int] = {}
+        limit = 2 * self.workers
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                # A suspect runs with nothing else in flight, so a crash names its culprit.
+                if suspects:
+                    if not in_flight:
+                        path = suspects.popleft()
+                        in_flight[self._submit(path)] = path
+                else:
+                    while not exhausted and len(in_flight) < limit:
+                        try:
+                            path = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        in_flight[self._submit(path)] = path
+                if not in_flight:
+                    return
+                done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                broken: list[str] = []
+                for future in done:
+                    path = in_flight.pop(future)
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        broken.append(path)
+                    except Exception as exc:  # a pickling problem, say: report, go on
+                        logger.warning("hashing %s failed in the pool: %r", path, exc)
+                        yield HashResult(path, None, None, error=f"hashing failed: {exc!r}")
+                if broken:
+                    # Every other task in flight fails the same way: collect them too.
+                    for future, path in list(in_flight.items()):
+                        del in_flight[future]
+                        future.cancel()
+                        broken.append(path)
+                    self._replace_broken_executor(broken)
+                    alone = len(broken) == 1
+                    for path in broken:
+                        strikes[path] = strikes.get(path, 0) + 1
+                        if alone and strikes[path] >= 2:
+                            yield HashResult(path, None, None, error=CRASHED)
+                        else:
+                            suspects.append(path)
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+    def close(self, cancel: bool = False) -> None:
+        """Shut the workers down; ``cancel`` drops queued work and kills running tasks."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if cancel:
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=5)
+        else:
+            executor.shutdown(wait=True)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _submit(self, path: str) -> Future[HashResult]:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=self._context,
+                initializer=_init_worker,
+                initargs=(self.plan.max_image_pixels,),
+            )
+        return self._executor.submit(hash_file, path, self.plan)
+
+    def _replace_broken_executor(self, paths: list[str]) -> None:
+        self.restarts += 1
+        logger.warning(
+            "a hashing worker died (killed or out of memory); restarting the pool and "
+            "retrying %d file(s) one at a time",
+            len(paths),
+        )
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_worker(max_image_pixels: int | None) -> None:
+    """Per-worker setup: leave SIGINT to the parent, die with it, apply the plan's limits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    register_heif()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent (the fork server or daemon) exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux, or no prctl: best effort only
+        pass

@@ -1,0 +1,164 @@
+"""The hashing pool: real worker processes, real SIGKILLs, a real stop event."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data
+
+from imgclusterd.algorithms import DEFAULT_ALGORITHMS
+from imgclusterd.hashing import HashPlan, hash_file
+from imgclusterd.pool import CRASHED, HashPool
+
+PLAN = HashPlan(DEFAULT_ALGORITHMS)
+
+
+def _small_files(folder: Path, count: int) -> list[str]:
+    base = Image.fromarray(data.coffee()).resize((160, 107))
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i:03d}.png"
+        base.rotate(i * 7).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def slow_file(tmp_path_factory) -> str:
+    """A camera-sized photo: long enough to hash (~1 s) that a kill lands mid-task."""
+    path = tmp_path_factory.mktemp("slow") / "big.jpg"
+    Image.fromarray(data.astronaut()).resize((6000, 4500)).save(path, quality=95)
+    return str(path)
+
+
+def _wait_for(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_workers_are_not_forked():
+    pool = HashPool(PLAN, workers=1)
+    assert pool._context.get_start_method() in ("forkserver", "spawn")
+
+
+def test_every_path_gets_one_result(tmp_path):
+    paths = _small_files(tmp_path, 30)
+    paths.append(str(tmp_path / "missing.jpg"))
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    paths.append(str(tmp_path / "notes.jpg"))
+    with HashPool(PLAN, workers=2) as pool:
+        results = list(pool.map(paths))
+    assert Counter(r.path for r in results) == Counter(paths)
+    by_path = {r.path: r for r in results}
+    assert by_path[str(tmp_path / "missing.jpg")].error == "vanished"
+    assert by_path[str(tmp_path / "notes.jpg")].error == "not an image"
+    for path in paths[:30]:
+        assert by_path[path] == hash_file(path, PLAN)
+
+
+def test_workers_ignore_sigint(tmp_path):
+    paths = _small_files(tmp_path, 4)
+    with HashPool(PLAN, workers=2) as pool:
+        assert len(list(pool.map(paths[:2]))) == 2
+        pids = pool.worker_pids()
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.3)
+        assert sorted(pool.worker_pids()) == sorted(pids)
+        assert all(r.error is None for r in pool.map(paths[2:]))
+        assert pool.restarts == 0
+
+
+def test_sigkilled_worker_is_replaced_and_no_file_is_lost(tmp_path, slow_file):
+    paths = [slow_file, *_small_files(tmp_path, 40)]
+    results = []
+    with HashPool(PLAN, workers=2) as pool:
+        for result in pool.map(paths):
+            if not results:
+                # The big photo is still being hashed: kill whichever worker comes first.
+                os.kill(_wait_for(pool.worker_pids)[0], signal.SIGKILL)
+            results.append(result)
+        assert pool.restarts >= 1
+    assert Counter(r.path for r in results) == Counter(paths)
+    assert all(r.error is None and r.hashes for r in results)
+
+
+def test_path_that_breaks_the_pool_twice_is_reported(slow_file):
+    """Killed twice while it is the only task in flight: reported, not retried forever."""
+    killed: list[int] = []
+    with HashPool(PLAN, workers=1) as pool:
+
+        def killer():
+            while len(killed) < 2:
+                pids = [p for p in _wait_for(pool.worker_pids) if p not in killed]
+                if pids:
+                    time.sleep(0.2)  # let it get into the decode
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        results = list(pool.map([slow_file]))
+        thread.join(timeout=30)
+        assert [(r.path, r.error) for r in results] == [(slow_file, CRASHED)]
+        assert pool.restarts == 2
+        assert hash_file(slow_file, PLAN).error is None  # the file itself is fine
+
+
+def test_stop_event_ends_map_promptly(tmp_path, slow_file):
+    paths = [slow_file] * 6 + _small_files(tmp_path, 40)
+    stop = threading.Event()
+    results = []
+    with HashPool(PLAN, workers=2) as pool:
+        iterator = pool.map(paths, stop=stop)
+        results.append(next(iterator))
+        stop.set()
+        started = time.monotonic()
+        results.extend(iterator)
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.0  # one poll interval plus scheduling, never the remaining work
+    assert len(results) < len(paths)
+
+
+def test_stop_already_set_submits_nothing(tmp_path):
+    stop = threading.Event()
+    stop.set()
+    with HashPool(PLAN, workers=1) as pool:
+        assert list(pool.map(_small_files(tmp_path, 3), stop=stop)) == []
+        assert pool.worker_pids() == []
+
+
+def test_close_with_cancel_kills_busy_workers(slow_file):
+    pool = HashPool(PLAN, workers=1)
+    iterator = pool.map([slow_file] * 4)
+    next(iterator)
+    pids = pool.worker_pids()
+    iterator.close()
+    started = time.monotonic()
+    pool.close(cancel=True)
+    assert time.monotonic() - started < 5
+    assert pids
+    for pid in pids:
+        _wait_for(lambda pid=pid: not _alive(pid), timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
