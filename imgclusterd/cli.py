@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-
+import select
 import sys
 import threading
 import time
@@ -44,11 +44,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         # `imgclusterd status | head`: the reader left; not an error worth a traceback.
-        sys.stderr.close()
+        # Only then: a broken pipe inside the core (e.g. multiprocessing's resource tracker
+        # failed to start) once ended here too, closing stderr and exiting 0 mid-scan.
+        if not _stdout_reader_gone():
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("imgclusterd: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reader has closed it (poll reports POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true",
                         help="machine-readable output (shape documented in imgclusterd.status)")
     status.set_defaults(handler=cmd_status)
+
+    install = commands.add_parser(
+        "install-service",
+        help="install (and with --now start) imgclusterd as a systemd user service",
+        description="Writes the config file (absolute paths) into the user config dir, the "
+        "unit into ~/.config/systemd/user/, reloads systemd --user and enables the service "
+        "(--now also starts it). Safe to run again after changing options.",
+    )
+    install.add_argument("--images", type=Path, metavar="DIR", help="the photos to watch")
+    install.add_argument("--output", type=Path, metavar="DIR", help="where the output tree goes")
+    install.add_argument("--state-dir", type=Path, metavar="DIR", help="where the store lives")
+    install.add_argument("--now", action="store_true", help="start (or restart) it now")
+    install.set_defaults(handler=cmd_install_service)
+
+    uninstall = commands.add_parser(
+        "uninstall-service",
+        help="stop, disable and remove the systemd user service (photos, store, config and "
+        "output are left alone)",
+        description="Stops and disables the user service and removes its unit file. Never "
+        "touches the images, the store, the config file or the output.",
+    )
+    uninstall.set_defaults(handler=cmd_uninstall_service)
 
     sample = commands.add_parser(
         "sample",
@@ -237,6 +273,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = status.collect(_load(args).config)
     print(status.to_json(report) if args.json else status.render(report))
     return status.EXIT_CODES[report["state"]]
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from .service import install_service
+
+    overrides = {"images": args.images, "output": args.output, "state_dir": args.state_dir}
+    print(install_service(overrides, now=args.now))
+    return 0
+
+
+def cmd_uninstall_service(args: argparse.Namespace) -> int:
+    from .service import uninstall_service
+
+    print(uninstall_service())
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -207,7 +207,10 @@ def test_missing_images_folder_and_bad_config_are_one_line_errors(tmp_path: Path
     assert bad.stderr.count("\n") == 1 and "workers" in bad.stderr
 
 
-@pytest.mark.parametrize("command", ["scan", "config", "sample", "status", "run"])
+@pytest.mark.parametrize(
+    "command",
+    ["scan", "config", "sample", "status", "run", "install-service", "uninstall-service"],
+)
 def test_every_command_has_help(tmp_path: Path, command: str) -> None:
     result = run_cli(command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "usage: imgclusterd" in result.stdout
