@@ -15,12 +15,12 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "DEFAULT_ALGORITHMS",
     "KINDS",
     "Algorithm",
-    "DEFAULT_ALGORITHMS",
+    "hash_hex",
     "pack_bits",
     "unpack_bits",
-    "hash_hex",
 ]
 
 Kind = Literal["phash", "average_hash", "dhash", "whash", "colorhash"]

@@ -27,12 +27,12 @@ from .algorithms import DEFAULT_ALGORITHMS, Algorithm
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_EXTENSIONS",
     "AlgorithmConfig",
     "Config",
     "LoadedConfig",
     "load_config",
     "user_config_path",
-    "DEFAULT_EXTENSIONS",
 ]
 
 APP = "imgclusterd"

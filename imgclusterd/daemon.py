@@ -4,7 +4,8 @@ over time; each refresh is :meth:`Pipeline.refresh`, the same code ``scan`` runs
 Shape of the main loop (one thread decides everything; others only record):
 
     watchdog thread ──paths──▶ Debouncer ◀── signal handlers only set ``stop`` / ask a rescan
-                                   │ due (quiet for `debounce`, or `max_delay` after the first event)
+                                   │ due (quiet for `debounce`, or `max_delay` after the first
+                                   │      event)
     main loop: heartbeat + WATCHDOG=1 ─▶ refresh ─▶ idle ─▶ sleep until due / next ping / stop
 
 The watchdog pings come from the main loop (and from progress callbacks inside a long refresh),
@@ -34,7 +35,7 @@ from .pipeline import Pipeline, RefreshReport
 from .status import LOCK_NAME
 from .watch import RootMissingError, Watcher
 
-__all__ = ["Daemon", "HEARTBEAT_EVERY"]
+__all__ = ["HEARTBEAT_EVERY", "Daemon"]
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class Daemon:
         """Leave the waiting state when the folder is back; restart a dead watcher."""
         images: Path = self.config.images
         if self.state.phase == "waiting":
-            if images.is_dir() and any(True for _ in os.scandir(images)):
+            if images.is_dir() and _has_entries(images):
                 log.info("images folder %s is back: rescanning", images)
                 self._set_phase("idle", message="images folder is back")
                 self._start_watcher()
@@ -268,16 +269,21 @@ class Daemon:
 
     def _progress(self, phase: str, done: int, total: int) -> None:
         """Called by the pipeline from the main thread during a refresh."""
+        # A phase change is always written at once (the heartbeat is otherwise rate-limited), so
+        # status never shows the previous phase while a long stage runs.
+        changed = phase != self.state.phase
         self.state.phase = phase
         self.state.progress = {"done": done, "total": total} if total else None
         if phase == "hashing" and total:
             self.state.pending = total - done + len(self.debouncer)
             text = f"hashing {done}/{total}"
+        elif phase == "writing" and total:
+            text = f"writing output {done}/{total} folders"
         else:
             text = phase
         self._notify_status(text)
         self._ping()
-        self._heartbeat()
+        self._heartbeat(force=changed)
 
     def _set_phase(self, phase: str, message: str | None = None) -> None:
         self.state.phase = phase
@@ -322,3 +328,13 @@ class Daemon:
             except Exception as exc:
                 log.warning("could not record the stop: %s", exc)
             self.pipeline.close()
+
+
+def _has_entries(folder: Path) -> bool:
+    # Closed explicitly (an abandoned scandir iterator leaks its descriptor until collected), and
+    # a folder that vanishes between the is_dir() check and here is simply not back yet.
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False

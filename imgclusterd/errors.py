@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 __all__ = [
-    "ImgclusterdError",
+    "AlreadyRunning",
     "ConfigError",
     "ImagesFolderError",
+    "ImgclusterdError",
     "OutputError",
     "StoreError",
-    "AlreadyRunning",
 ]
 
 

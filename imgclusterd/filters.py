@@ -7,7 +7,7 @@ writes ``.name.XXXXXX`` (a dotfile). Dotfiles and dot-folders are private by con
 
 from __future__ import annotations
 
-__all__ = ["TEMPORARY_SUFFIXES", "is_temporary", "is_candidate"]
+__all__ = ["TEMPORARY_SUFFIXES", "is_candidate", "is_temporary"]
 
 TEMPORARY_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp")
 

@@ -19,18 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from . import reconcile
 from .algorithms import Algorithm, hash_hex
 from .cluster import ClusterIndex
 from .config import Config
 from .errors import ConfigError, ImagesFolderError
-from .hashing import HashPlan, HashResult, file_digest
+from .hashing import FileFacts, HashPlan, HashResult, file_digest
 from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
 from .pool import HashPool
 from .store import STORE_NAME, Store
 
-__all__ = ["Pipeline", "RefreshReport", "Progress", "SETTLE_SECONDS"]
+__all__ = ["SETTLE_SECONDS", "Pipeline", "Progress", "RefreshReport"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,7 @@ class Pipeline:
         self._pool: HashPool | None = None
         self._indexes: dict[str, ClusterIndex] = {}
         self._indexed_bits: dict[str, dict[int, bytes]] = {}
+        self._output_cleaned = False  # a write cleans up too; see refresh()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -191,12 +191,19 @@ class Pipeline:
                 return report
             tick = time.perf_counter()
             self.progress("writing", 0, 0)
-            report.output = self.writer.write(tree)
+            report.output = self.writer.write(
+                tree, progress=lambda done, total: self.progress("writing", done, total)
+            )
             report.generation = report.output.generation
             report.timings["write"] = time.perf_counter() - tick
         else:
             report.generation = current
             report.clusters = last.get("clusters", {})
+            if not self._output_cleaned:
+                # Nothing to write, but a run killed mid-write may have left a half-built
+                # object, a generation never swapped in or a temporary symlink: clear them now.
+                self.writer.cleanup()
+        self._output_cleaned = True
         report.seconds = self.clock() - started
         self.store.set_state(
             "last_refresh",
@@ -285,9 +292,7 @@ class Pipeline:
         root = os.fspath(self.images)
         absolute = [os.path.join(root, p) for p in paths]
         pending: list[tuple[str, HashResult]] = []
-        done = 0
-        for result in self.pool.map(absolute, stop=self.stop):
-            done += 1
+        for done, result in enumerate(self.pool.map(absolute, stop=self.stop), start=1):
             pending.append((os.path.relpath(result.path, root), result))
             if len(pending) >= _COMMIT_EVERY:
                 self._commit(pending, report)
@@ -301,6 +306,12 @@ class Pipeline:
         now = self.clock()
         with self.store.transaction():
             for path, result in results:
+                if result.facts is None and result.error not in (None, "vanished"):
+                    # The worker could not stat/open the file (permission denied) or died
+                    # on it (pool.CRASHED) and sent no facts: take them here, so the reason
+                    # is recorded and the file retried only when it changes. Without facts
+                    # it was deferred, i.e. retried (and reported) on every refresh forever.
+                    result.facts = _facts_now(result.path)
                 if result.unstable or result.facts is None:
                     if result.error == "vanished":
                         self.store.remove([path])
@@ -376,9 +387,19 @@ class Pipeline:
         return index
 
     def _fingerprint(self) -> str:
+        # The store revision ties the output to the data it was built from: a run killed after
+        # committing hashes but before swapping the output in rebuilds it on the next run.
         parts = [self.plan.decode, os.fspath(self.images), os.fspath(self.config.output)]
+        parts.append(f"revision:{self.store.revision()}")
         parts += [f"{a.name}:{a.max_threshold}:{a.step}" for a in self.algorithms]
         return "|".join(parts)
+
+
+def _facts_now(path: str) -> FileFacts | None:
+    try:
+        return FileFacts.from_stat(os.stat(path))
+    except OSError:
+        return None  # gone or unreachable now: deferred, looked at again next refresh
 
 
 def _link_name(path: str, hexhash: str) -> str:

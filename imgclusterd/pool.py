@@ -13,6 +13,7 @@ that breaks the pool again while alone is reported as ``"crashed the hashing wor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -180,9 +181,29 @@ class HashPool:
 def _init_worker(max_image_pixels: int | None) -> None:
     """Per-worker setup: leave SIGINT to the parent, die with it, apply the plan's limits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _release_forkserver()
     _die_with_parent()
     Image.MAX_IMAGE_PIXELS = max_image_pixels
     register_heif()
+
+
+def _release_forkserver() -> None:
+    """Let the fork server exit when the main process dies, and take this worker with it.
+
+    The fork server quits when the write end of its "alive" pipe closes, i.e. when its last
+    holder exits; CPython hands that end to every forked worker too. So a SIGKILLed daemon
+    left the server and its workers alive for ever (each waiting on the other), holding the
+    daemon's stdout/stderr open. We fork nothing, so closing our copy is safe; the server then
+    sees EOF when the daemon dies, exits, and the death signal below ends this worker.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
 def _die_with_parent() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .filters import is_candidate, is_temporary
 from .store import FileRecord
 
-__all__ = ["Facts", "Listing", "Plan", "walk", "plan"]
+__all__ = ["Facts", "Listing", "Plan", "plan", "walk"]
 
 log = logging.getLogger(__name__)
 

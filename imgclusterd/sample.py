@@ -8,6 +8,7 @@ near-duplicates — re-encoded, resized, brightened, cropped — so the output h
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
@@ -47,7 +48,7 @@ def make_sample(folder: Path, scenes: int = 8, seed: int = 7) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    def save(image: Image.Image, name: str, **options: int) -> None:
+    def save(image: Image.Image, name: str, **options: Any) -> None:
         path = folder / name
         if path.exists():
             return

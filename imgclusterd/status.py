@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -37,7 +36,7 @@ from .errors import StoreError
 from .lock import holder_pid
 from .store import STORE_NAME, Store
 
-__all__ = ["STALE_AFTER", "LOCK_NAME", "EXIT_CODES", "collect", "render"]
+__all__ = ["EXIT_CODES", "LOCK_NAME", "STALE_AFTER", "collect", "render"]
 
 LOCK_NAME = "daemon.lock"
 STALE_AFTER = 90.0  # seconds without a heartbeat; the daemon writes one at least every 10 s
@@ -168,7 +167,7 @@ def to_json(status: dict[str, Any]) -> str:
 
 
 def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")
 
 
 def _duration(seconds: float | None) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "FileRecord", "Store", "STORE_NAME"]
+__all__ = ["SCHEMA_VERSION", "STORE_NAME", "FileRecord", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +179,29 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises."""
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
+
+        A transaction that changed rows also bumps the store's :meth:`revision`, in the same
+        commit: the output is rebuilt when the revision it was built from is not the current
+        one, so a crash between this commit and the output swap is repaired on the next run.
+        """
         self._db.execute("BEGIN IMMEDIATE")
+        before = self._db.total_changes
         try:
             yield
+            if self._db.total_changes != before:
+                self._db.execute(
+                    "INSERT INTO state (key, value) VALUES ('revision', '1') "
+                    "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def revision(self) -> int:
+        """Bumped by every transaction that changed files or hashes (0 for a new store)."""
+        return int(self.get_state("revision") or 0)
 
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -46,7 +46,10 @@ def test_example_file_documents_every_key_with_its_default() -> None:
         ('[[algorithms]]\nname = "phash_8"\nmax_threshold = 20\nstep = -1', "algorithms[0].step"),
         ('[[algorithms]]\nname = "nohash_8"\nmax_threshold = 20', "algorithms[0].name"),
         ('[[algorithms]]\nname = "whash_12"\nmax_threshold = 20', "algorithms[0].name"),
-        ('[[algorithms]]\nname = "phash_8"\nmax_threshold = 20\ncolour = 1', "algorithms[0].colour"),
+        (
+            '[[algorithms]]\nname = "phash_8"\nmax_threshold = 20\ncolour = 1',
+            "algorithms[0].colour",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, body: str, key: str) -> None:

@@ -190,7 +190,7 @@ def test_foreign_output_is_refused_and_untouched(workspace: Workspace) -> None:
     (workspace.output / "keep.txt").write_text("the script's output")
     result = workspace.scan()
     assert result.returncode != 0
-    assert result.stderr.count("\n") == 1 and "not made by imgclusterd" in result.stderr.lower() \
+    assert (result.stderr.count("\n") == 1 and "not made by imgclusterd" in result.stderr.lower()) \
         or "imgclusterd did not" in result.stderr.lower() or "refus" in result.stderr.lower()
     assert (workspace.output / "keep.txt").read_text() == "the script's output"
     assert os.listdir(workspace.output) == ["keep.txt"]

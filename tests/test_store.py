@@ -41,7 +41,8 @@ def test_move_keeps_hashes_and_copy_reuses_them(tmp_path: Path) -> None:
         assert source is not None
         with store.transaction():
             store.copy_hashes(source, "copy.jpg", (10, 3_000, 9, 7), 2)
-        assert sorted(p for _, p, _ in store.hashes("phash_8", "exact")) == ["copy.jpg", "sub/b.jpg"]
+        stored = sorted(p for _, p, _ in store.hashes("phash_8", "exact"))
+        assert stored == ["copy.jpg", "sub/b.jpg"]
         with store.transaction():
             assert store.remove(["copy.jpg"]) == 1
         assert len(store.hashes("phash_8", "exact")) == 1  # cascade removed its hashes
@@ -70,7 +71,7 @@ def test_foreign_and_corrupt_files_are_refused_clearly(tmp_path: Path) -> None:
     db.execute("CREATE TABLE photos (x)")
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match="did not create.*--reset-store"):
+    with pytest.raises(StoreError, match=r"did not create.*--reset-store"):
         Store.open(foreign)
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"this is not a database" * 100)

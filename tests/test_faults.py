@@ -1,0 +1,648 @@
+"""Faults: SIGKILL at every step, dead workers, a full disk, a vanished images folder, a corrupt
+store, two daemons, and a reader inside the output while it is swapped 100 times.
+
+Each crash is followed by a restart and the same checks: the store passes
+``PRAGMA integrity_check``, ``OUTPUT`` names a complete generation, the interrupted leftovers
+are gone, and the whole tree -- every (link path relative to OUTPUT -> target) -- equals what a
+fresh ``scan`` of the same folder into another output and state dir writes. The images folder
+is byte-for-byte unchanged throughout (the ``workspace`` fixture checks it at teardown).
+
+Crashes at a precise step (inside a store transaction, between the temporary symlink and the
+swap) are too short to hit by timing; there the real CLI runs under a small driver that SIGKILLs
+its own process at that call: a real kill, real SQLite and real files, only the moment chosen.
+The others are killed from outside at a moment observed on disk or in /proc.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgclusterd import status as status_module
+from imgclusterd.config import load_config
+from imgclusterd.store import STORE_NAME
+
+from .conftest import Workspace, run_cli
+from .test_bad_input import (
+    ALGORITHMS,
+    encode,
+    output_links,
+    put,
+    smooth,
+    store_records,
+    write_config,
+)
+
+DEADLINE = 120.0  # generous: the machine is shared; nothing asserts a duration
+GENERATION_RE = re.compile(r"\A\.[^/]+\.imgclusterd/generations/(g\d{8,}-\d+-[0-9a-f]{16})\Z")
+
+# Runs the real CLI, but SIGKILLs its own process at a chosen call (argv: point, after, args).
+DRIVER = r"""
+import os, signal, sys
+from imgclusterd.output import OutputWriter
+from imgclusterd.store import Store
+from imgclusterd.cli import main
+
+point, after, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+calls = [0]
+
+def kill_on(cls, name, before=True):
+    real = getattr(cls, name)
+    def wrapper(self, *a, **k):
+        calls[0] += 1
+        if before and calls[0] > after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = real(self, *a, **k)
+        if not before and calls[0] > after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(cls, name, wrapper)
+
+if point == "commit":        # inside BEGIN IMMEDIATE, some rows written, no COMMIT
+    kill_on(Store, "put_hashed")
+elif point == "objects":     # some objects published, one half-built in tmp/
+    kill_on(OutputWriter, "_write_object")
+elif point == "generation":  # the generation built and renamed in, never swapped
+    kill_on(OutputWriter, "_build_generation", before=False)
+elif point == "swap":        # the temporary symlink made, os.replace not done
+    def swap(self, name):
+        os.symlink(f"{self.area.name}/generations/{name}", self._tmp / f"link-{name}")
+        os.kill(os.getpid(), signal.SIGKILL)
+    OutputWriter._swap = swap
+sys.exit(main(args))
+"""
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE,
+             step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def add_photos(folder: Path, count: int, seed: int, size: tuple[int, int] = (320, 240),
+               prefix: str = "extra") -> list[Path]:
+    return [put(folder, f"{prefix}{seed}_{n:03d}.jpg",
+                encode(smooth(seed * 1000 + n, size), "JPEG", quality=90), mtime=None)
+            for n in range(count)]
+
+
+def config_for(ws: Workspace, name: str = "cfg.toml", **extra: Any) -> Path:
+    extra.setdefault("debounce", 0.3)
+    extra.setdefault("max_delay", 2.0)
+    extra.setdefault("poll_interval", 0.3)
+    extra.setdefault("watcher", "polling")
+    extra.setdefault("generation_grace", 0.0)
+    return write_config(ws.root / name, ws.images, ws.output, ws.state, **extra)
+
+
+def scan(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("scan", "--config", str(config), *args, cwd=config.parent, timeout=600)
+
+
+def clean_links(ws: Workspace, label: str = "clean") -> dict[str, str]:
+    """The tree a fresh scan of the images folder writes (another output and state)."""
+    out, state = ws.root / label / "output", ws.root / label / "state"
+    config = write_config(ws.root / f"{label}.toml", ws.images, out, state)
+    result = scan(config, "-q")
+    assert result.returncode == 0, result.stderr
+    return output_links(out)
+
+
+def integrity(state: Path) -> str:
+    with sqlite3.connect(f"file:{state / STORE_NAME}?mode=ro", uri=True) as db:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def assert_recovered(ws: Workspace) -> None:
+    """After a restart: store intact, one hash per algorithm per photo, OUTPUT a complete
+    generation, no leftovers, and the tree equal to a clean scan's."""
+    assert integrity(ws.state) == "ok"
+    with sqlite3.connect(f"file:{ws.state / STORE_NAME}?mode=ro", uri=True) as db:
+        per_file = db.execute(
+            "SELECT count(*) FROM files f LEFT JOIN hashes h ON h.file_id = f.id "
+            "WHERE f.status = 'hashed' GROUP BY f.id").fetchall()
+    assert {n for (n,) in per_file} == {len(ALGORITHMS)}
+    target = os.readlink(ws.output)
+    match = GENERATION_RE.match(target)
+    assert match, f"OUTPUT points at {target!r}, not a generation"
+    area = ws.output.parent / f".{ws.output.name}.imgclusterd"
+    assert os.listdir(area / "tmp") == [], "interrupted leftovers were not cleaned"
+    newer = [g for g in os.listdir(area / "generations") if g > match[1]]
+    assert newer == [], f"generations never swapped in were left: {newer}"
+    assert not [e for e in os.listdir(ws.output.parent) if e.endswith(".new")]
+    assert output_links(ws.output) == clean_links(ws)
+
+
+def finished_at(last_refresh: dict[str, Any]) -> float:
+    """The epoch time of status' ``last_refresh.finished`` (ISO 8601, milliseconds)."""
+    finished = last_refresh.get("finished")
+    return dt.datetime.fromisoformat(finished).timestamp() if finished else 0.0
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The hashing workers of an imgclusterd process: children of its fork server."""
+    workers: list[int] = []
+    for child in children(pid):
+        if "forkserver" in cmdline(child):
+            workers += children(child)
+        elif "resource_tracker" not in cmdline(child):
+            workers.append(child)  # spawn start method: workers are direct children
+    return workers
+
+
+def kill_and_reap(proc: subprocess.Popen[Any]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+class Daemon:
+    """``imgclusterd run`` in a subprocess, output to a log file."""
+
+    def __init__(self, ws: Workspace, config: Path) -> None:
+        self.ws, self.config_path = ws, config
+        self.config = load_config(config).config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    def start(self) -> Daemon:
+        self.runs += 1
+        self.log_path = self.ws.root / f"daemon-{self.runs}.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "imgclusterd", "run", "--config", str(self.config_path)],
+                cwd=self.ws.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        return status_module.collect(self.config)
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, \
+            f"the daemon exited:\n{self.log()}"
+
+    def wait_idle(self, images: int | None = None, after: float = 0.0) -> dict[str, Any]:
+        def idle() -> dict[str, Any] | None:
+            self.assert_alive()
+            st = self.status()
+            last = st.get("last_refresh") or {}
+            if (st["state"] == "running" and st["pid"] == self.pid and st["phase"] == "idle"
+                    and finished_at(last) > after
+                    and (images is None or st["counts"]["images"] == images)):
+                return st
+            return None
+
+        return wait_for(idle, f"daemon idle ({images} images)")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                kill_and_reap(self.proc)
+
+
+@pytest.fixture
+def daemons(workspace: Workspace) -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+# -- SIGKILL at a precise step (driver) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("point", "after"), [
+    ("commit", 70),      # 64 rows committed, 6 more written in the open transaction
+    ("objects", 25),     # 25 folders published, the 26th half-built in tmp/
+    ("generation", 0),   # a complete generation renamed into generations/, not swapped in
+    ("swap", 0),         # tmp/link-<gen> made, OUTPUT not yet replaced
+])
+def test_sigkill_at_each_step_then_restart(workspace: Workspace, point: str,
+                                           after: int) -> None:
+    ws = workspace
+    config = config_for(ws)
+    first = scan(config)  # a previous output exists, as in real life
+    assert first.returncode == 0, first.stderr
+    before = os.readlink(ws.output)
+    add_photos(ws.images, 100, seed=2)
+    ws.snapshot()
+    crashed = subprocess.run(
+        [sys.executable, "-c", DRIVER, point, str(after), "scan", "--config", str(config)],
+        cwd=ws.root, capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    # Right after the crash: the store is consistent and OUTPUT still names the old output.
+    assert integrity(ws.state) == "ok"
+    assert os.readlink(ws.output) == before
+    if point == "commit":
+        assert len(store_records(ws.state)) == 44 + 64  # the open transaction is gone
+    restart = scan(config)
+    assert restart.returncode == 0, restart.stderr
+    assert_recovered(ws)
+
+
+# -- SIGKILL from outside at an observed moment ------------------------------------------------
+
+
+def test_sigkill_scan_during_hashing(workspace: Workspace) -> None:
+    ws = workspace
+    add_photos(ws.images, 60, seed=3, size=(1600, 1200))
+    ws.snapshot()
+    config = config_for(ws)
+    proc = subprocess.Popen([sys.executable, "-m", "imgclusterd", "scan", "--config",
+                             str(config)], cwd=ws.root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: worker_pids(proc.pid) or proc.poll() is not None, "hashing workers",
+                 step=0.01)
+        time.sleep(0.5)
+    finally:
+        kill_and_reap(proc)
+    assert proc.returncode == -signal.SIGKILL, "the scan finished before it could be killed"
+    assert not os.path.lexists(ws.output)
+    assert scan(config).returncode == 0
+    assert_recovered(ws)
+
+
+@pytest.mark.slow
+def test_sigkill_scan_while_building_a_generation(workspace: Workspace) -> None:
+    """The full algorithm set, so that writing takes long enough to be caught in the act."""
+    ws = workspace
+    config = write_config(ws.root / "full.toml", ws.images, ws.output, ws.state)
+    text = config.read_text()
+    config.write_text(text[: text.index("[[algorithms]]")])  # default: all 14 algorithms
+    assert scan(config).returncode == 0
+    before = os.readlink(ws.output)
+    add_photos(ws.images, 5, seed=4)
+    ws.snapshot()
+    tmp = ws.output.parent / f".{ws.output.name}.imgclusterd" / "tmp"
+    proc = subprocess.Popen([sys.executable, "-m", "imgclusterd", "scan", "--config",
+                             str(config)], cwd=ws.root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.listdir(tmp) or proc.poll() is not None, "a build in tmp/",
+                 step=0.002)
+    finally:
+        kill_and_reap(proc)
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the write finished before the kill landed (timing)")
+    assert os.readlink(ws.output) == before
+    assert integrity(ws.state) == "ok"
+    assert scan(config).returncode == 0
+    # assert_recovered compares with a small-set clean scan: compare with a full one here.
+    assert integrity(ws.state) == "ok"
+    assert os.listdir(tmp) == []
+    out, state = ws.root / "clean" / "output", ws.root / "clean" / "state"
+    assert scan(config, "--output", str(out), "--state-dir", str(state)).returncode == 0
+    assert output_links(ws.output) == output_links(out)
+
+
+@pytest.mark.slow
+def test_sigkill_one_worker_mid_hash(workspace: Workspace) -> None:
+    ws = workspace
+    add_photos(ws.images, 60, seed=5, size=(1600, 1200))
+    ws.snapshot()
+    config = config_for(ws)
+    proc = subprocess.Popen([sys.executable, "-m", "imgclusterd", "scan", "-v", "--config",
+                             str(config)], cwd=ws.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workers = wait_for(lambda: worker_pids(proc.pid) or proc.poll() is not None,
+                       "hashing workers", step=0.01)
+    assert isinstance(workers, list), "the scan ended before its workers were seen"
+    time.sleep(0.3)
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "a hashing worker died" in err
+    records = store_records(ws.state)
+    assert len(records) == 44 + 60
+    assert all(r.status == "hashed" for r in records.values()), \
+        [(p, r.reason) for p, r in records.items() if r.status != "hashed"]
+    assert_recovered(ws)
+
+
+# -- disk full ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(workspace: Workspace) -> Iterator[Path]:
+    mount = workspace.root / "smallfs"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,nr_inodes=100000",
+                             "tmpfs", str(mount)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def remount(mount: Path, inodes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={inodes}", str(mount)], check=True)
+
+
+def test_disk_full_while_building_keeps_previous_output(workspace: Workspace,
+                                                        small_fs: Path) -> None:
+    """Full by inodes: symlinks this short live in the inode, so ``size=`` alone never fills."""
+    ws = workspace
+    ws.output = small_fs / "output"
+    config = config_for(ws)
+    assert scan(config).returncode == 0
+    before_target, before_links = os.readlink(ws.output), output_links(ws.output)
+    used = os.statvfs(small_fs).f_files - os.statvfs(small_fs).f_ffree
+    remount(small_fs, used + 40)  # room for a little, not for a new generation
+    add_photos(ws.images, 20, seed=6)
+    ws.snapshot()
+    full = scan(config)
+    assert full.returncode != 0
+    line = full.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in full.stderr, full.stderr
+    assert line.startswith("imgclusterd: error:") and "No space left" in line, line
+    assert os.readlink(ws.output) == before_target
+    assert output_links(ws.output) == before_links  # intact and still current
+    assert integrity(ws.state) == "ok"
+    remount(small_fs, 100000)
+    again = scan(config)
+    assert again.returncode == 0, again.stderr
+    assert_recovered(ws)
+
+
+@pytest.mark.slow
+def test_disk_full_daemon_says_why_and_recovers(workspace: Workspace, small_fs: Path,
+                                                daemons: list[Daemon]) -> None:
+    ws = workspace
+    ws.output = small_fs / "output"
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    before_target = os.readlink(ws.output)
+    used = os.statvfs(small_fs).f_files - os.statvfs(small_fs).f_ffree
+    remount(small_fs, used + 40)
+    add_photos(ws.images, 20, seed=7)
+    ws.snapshot()
+    st = wait_for(lambda: (daemon.assert_alive(), daemon.status())[1]
+                  if "No space left" in (daemon.status().get("message") or "") else None,
+                  "status to say the disk is full")
+    assert "output not refreshed" in st["message"]
+    assert os.readlink(ws.output) == before_target
+    remount(small_fs, 100000)
+    # The daemon retries on its own (and any change would trigger a refresh too).
+    wait_for(lambda: (daemon.assert_alive(), os.readlink(ws.output) != before_target)[1],
+             "the output to be refreshed once space is back", timeout=180)
+    daemon.wait_idle(images=64)
+    daemon.stop()
+    assert_recovered(ws)
+
+
+# -- the images root, the output symlink -------------------------------------------------------
+
+
+def test_images_root_deleted_or_empty_then_restored(workspace: Workspace) -> None:
+    ws = workspace
+    config = config_for(ws)
+    assert scan(config).returncode == 0
+    links, known = output_links(ws.output), store_records(ws.state)
+    away = ws.root / "away"
+    ws.images.rename(away)
+    gone = scan(config)
+    assert gone.returncode == 66 and "does not exist" in gone.stderr
+    ws.images.mkdir()  # an empty mount point: must not look like 44 deletions
+    empty = scan(config)
+    assert empty.returncode == 66 and "is empty but 44 photos are known" in empty.stderr
+    assert store_records(ws.state) == known
+    assert output_links(ws.output) == links
+    ws.images.rmdir()
+    away.rename(ws.images)
+    back = scan(config)
+    assert back.returncode == 0 and " 0 hashed now" in back.stdout
+    assert output_links(ws.output) == links
+    assert_recovered(ws)
+
+
+@pytest.mark.slow
+def test_daemon_images_root_deleted_and_restored(workspace: Workspace,
+                                                 daemons: list[Daemon]) -> None:
+    ws = workspace
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    links, known = output_links(ws.output), store_records(ws.state)
+    away = ws.root / "away"
+    ws.images.rename(away)
+    wait_for(lambda: (daemon.assert_alive(), daemon.status()["phase"] == "waiting")[1],
+             "the daemon to wait for its folder")
+    time.sleep(1.5)  # a few ticks while it is gone
+    assert store_records(ws.state) == known and output_links(ws.output) == links
+    away.rename(ws.images)
+    now = time.time()
+    daemon.wait_idle(images=44, after=now)
+    assert store_records(ws.state) == known and output_links(ws.output) == links
+
+
+@pytest.mark.slow
+def test_output_symlink_deleted_while_running_is_recreated(workspace: Workspace,
+                                                           daemons: list[Daemon]) -> None:
+    ws = workspace
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    ws.output.unlink()
+    add_photos(ws.images, 1, seed=8)  # the next refresh
+    ws.snapshot()
+    wait_for(lambda: (daemon.assert_alive(), os.path.lexists(ws.output))[1],
+             "OUTPUT to be recreated")
+    daemon.wait_idle(images=45)
+    daemon.stop()
+    assert_recovered(ws)
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign"])
+def test_corrupt_or_foreign_store_then_reset(workspace: Workspace, kind: str) -> None:
+    ws = workspace
+    config = config_for(ws)
+    store = ws.state / STORE_NAME
+    if kind == "garbage":
+        store.write_bytes(os.urandom(8192))
+    else:
+        with sqlite3.connect(store) as db:
+            db.execute("CREATE TABLE recipes (name TEXT)")
+            db.execute("INSERT INTO recipes VALUES ('bread')")
+        db.close()
+    original = store.read_bytes()
+    refused = scan(config)
+    assert refused.returncode == 74
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--reset-store" in lines[0], refused.stderr
+    assert store.read_bytes() == original, "the refused store was modified"
+    assert not os.path.lexists(ws.output)
+    reset = scan(config, "--reset-store")
+    assert reset.returncode == 0, reset.stderr
+    aside = [p for p in ws.state.iterdir() if p.name.startswith(f"{STORE_NAME}.reset-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == original
+    assert_recovered(ws)
+
+
+# -- two daemons, a daemon killed with a worker busy -------------------------------------------
+
+
+def test_second_daemon_refuses(workspace: Workspace, daemons: list[Daemon]) -> None:
+    ws = workspace
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    second = run_cli("run", "--config", str(daemon.config_path), cwd=ws.root, timeout=120)
+    assert second.returncode != 0
+    assert f"already running (pid {daemon.pid})" in second.stderr
+    daemon.assert_alive()
+
+
+@pytest.mark.slow
+def test_daemon_sigkilled_with_busy_worker_restart_gets_lock(
+        workspace: Workspace, daemons: list[Daemon]) -> None:
+    ws = workspace
+    add_photos(ws.images, 60, seed=9, size=(1600, 1200))
+    ws.snapshot()
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    wait_for(lambda: (daemon.assert_alive(), worker_pids(daemon.pid))[1], "busy workers",
+             step=0.01)
+    assert daemon.proc is not None
+    kill_and_reap(daemon.proc)
+    daemon.start()  # at once: workers of the dead daemon may still be finishing a photo
+    daemon.wait_idle(images=44 + 60)
+    assert "already running" not in daemon.log()
+    daemon.stop()
+    assert_recovered(ws)
+
+
+# -- a reader inside the output while it is refreshed 100 times --------------------------------
+
+READER = r"""
+import os, re, sys, time
+output, stop_file = sys.argv[1], sys.argv[2]
+problems, rounds = [], 0
+def check_generation():
+    os.chdir(output)               # pins the current generation, as `cd OUTPUT` does
+    for algo in os.listdir("."):
+        totals = set()
+        for thr in os.listdir(algo):
+            unclustered = int(re.fullmatch(r"thr_\d{3}_unclustered_(\d+)", thr)[1])
+            total = 0
+            for sub in os.listdir(os.path.join(algo, thr)):
+                names = os.listdir(os.path.join(algo, thr, sub))
+                size = unclustered if sub.startswith("unclustered_") else int(sub.split("_")[1])
+                if len(names) != size:
+                    problems.append(f"{algo}/{thr}/{sub}: {len(names)} links, expected {size}")
+                total += len(names)
+            totals.add(total)
+        if len(totals) != 1:
+            problems.append(f"{algo}: thresholds list different image counts {totals}")
+while not os.path.exists(stop_file):
+    try:
+        os.listdir(output)
+        check_generation()
+        os.listdir(".")
+        rounds += 1
+    except OSError as exc:
+        problems.append(repr(exc))
+print(rounds)
+print("\n".join(problems[:20]))
+"""
+
+
+@pytest.mark.slow
+def test_reader_inside_output_during_100_refreshes(workspace: Workspace) -> None:
+    """The refreshes run in-process through Pipeline.refresh (what scan and the daemon call),
+    with a small change before each; the reader is a separate process."""
+    from imgclusterd.pipeline import Pipeline
+
+    ws = workspace
+    config = load_config(config_for(ws, keep_generations=2, generation_grace=60.0)).config
+    stop_file = ws.root / "stop-reader"
+    extra = ws.root / "extra"
+    pool = add_photos(extra, 10, seed=10)
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(ws.output),
+                                   str(stop_file)], cwd=ws.root, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            generations = set()
+            for number in range(100):
+                photo = pool[number % len(pool)]
+                inside = ws.images / photo.name
+                if inside.exists():
+                    inside.unlink()
+                else:
+                    shutil.copy(photo, inside)
+                report = pipeline.refresh()
+                generations.add(report.generation)
+        finally:
+            stop_file.touch()
+            out, _ = reader.communicate(timeout=120)
+    rounds, _, problems = out.partition("\n")
+    assert problems.strip() == "", problems
+    assert int(rounds) > 0
+    assert len(generations) >= 90  # each change did swap in a new generation
+    ws.snapshot()
+    assert_recovered(ws)
+

@@ -1,0 +1,540 @@
+"""The output writer on real files: layout, names, ownership, reuse, generations, readers."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imgclusterd.errors import OutputError
+from imgclusterd.output import (
+    Link,
+    OutputTree,
+    OutputWriter,
+    ThresholdFolder,
+    area_path,
+    folder_links,
+    link_name,
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_images(root: Path, count: int, prefix: str = "IMG_") -> list[Link]:
+    root.mkdir(parents=True, exist_ok=True)
+    links = []
+    for i in range(count):
+        path = root / f"{prefix}{i:04d}.jpg"
+        path.write_bytes(f"image {prefix}{i}".encode())
+        links.append(Link(link_name(path.stem, f"{i:016x}", ".jpg"), str(path.absolute())))
+    return links
+
+
+def chain_tree(links: list[Link], algos: tuple[str, ...] = ("phash_8", "dhash_8")) -> OutputTree:
+    """A plausible sweep: at threshold t, images are paired off in blocks of t+1."""
+    tree: dict[str, list[ThresholdFolder]] = {}
+    for a, algo in enumerate(algos):
+        sweep = []
+        for t in range(0, 6):
+            block = t + 1 + a
+            clusters = [links[i : i + block] for i in range(0, len(links) // 2, block)]
+            clusters = [c for c in clusters if len(c) > 1]
+            clusters.sort(key=len, reverse=True)
+            taken = {link for c in clusters for link in c}
+            unclustered = [link for link in links if link not in taken]
+            sweep.append(ThresholdFolder(t, clusters, unclustered))
+        tree[algo] = sweep
+    return tree
+
+
+def expected(tree: OutputTree) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
+    out: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+    for algo, sweep in tree.items():
+        algo_out = out.setdefault(algo, {})
+        for folder in sweep:
+            u = len(folder.unclustered)
+            thr = algo_out[f"thr_{folder.threshold:03d}_unclustered_{u}"] = {}
+            for i, cluster in enumerate(folder.clusters, 1):
+                thr[f"{i:03d}_{len(cluster)}"] = folder_links(cluster)
+            thr[f"unclustered_{u}"] = folder_links(folder.unclustered)
+    return out
+
+
+def read_tree(root: str) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
+    """The tree as a reader sees it through plain paths (listdir + readlink)."""
+    out: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+    for algo in os.listdir(root):
+        algo_path = os.path.join(root, algo)
+        if not os.path.isdir(algo_path):
+            continue
+        out[algo] = {}
+        for thr in os.listdir(algo_path):
+            thr_path = os.path.join(algo_path, thr)
+            if not os.path.isdir(thr_path):
+                continue
+            out[algo][thr] = {}
+            for folder in os.listdir(thr_path):
+                folder_path = os.path.join(thr_path, folder)
+                out[algo][thr][folder] = {
+                    name: os.readlink(os.path.join(folder_path, name))
+                    for name in os.listdir(folder_path)
+                }
+    return out
+
+
+def snapshot(path: Path) -> list[tuple[str, str, bytes]]:
+    """Everything under path (not following symlinks): relative name, kind, content."""
+    items: list[tuple[str, str, bytes]] = []
+    if path.is_symlink():
+        return [(".", "link", os.fsencode(os.readlink(path)))]
+    if path.is_file():
+        return [(".", "file", path.read_bytes())]
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(path))
+            if full.is_symlink():
+                items.append((rel, "link", os.fsencode(os.readlink(full))))
+            elif full.is_file():
+                items.append((rel, "file", full.read_bytes()))
+            else:
+                items.append((rel, "dir", b""))
+    return sorted(items)
+
+
+# ---------------------------------------------------------------------- names
+
+
+def test_link_name_is_the_contract() -> None:
+    assert link_name("IMG_0001", "ff00", ".jpg") == "IMG_0001_ff00.jpg"
+    assert link_name("noext", "ab", "") == "noext_ab"
+
+
+def test_link_name_caps_at_255_bytes_keeping_hash_and_extension() -> None:
+    name = link_name("é" * 300, "0123456789abcdef", ".jpeg")
+    assert len(os.fsencode(name)) <= 255
+    assert name.endswith("_0123456789abcdef.jpeg")
+    assert set(name[: -len("_0123456789abcdef.jpeg")]) == {"é"}  # cut on a character boundary
+    raw = os.fsdecode(b"\xff\xfe" * 200)  # non-UTF-8 bytes (surrogateescape)
+    name = link_name(raw, "abcd", ".png")
+    assert len(os.fsencode(name)) == 255 and name.endswith("_abcd.png")
+
+
+def test_colliding_names_are_disambiguated_deterministically(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "IMG_0001.jpg", tmp_path / "b" / "IMG_0001.jpg"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(b"same")
+    name = link_name("IMG_0001", "00ff", ".jpg")
+    links = [Link(name, str(b)), Link(name, str(a))]
+    entries = folder_links(links)
+    assert entries == {name: str(a), "IMG_0001_00ff_2.jpg": str(b)}
+    assert folder_links(list(reversed(links))) == entries
+    # exact copies (same name, same target) both appear too
+    assert len(folder_links([Link(name, str(a))] * 3)) == 3
+    # a numbered name never steals an existing one
+    taken = Link("IMG_0001_00ff_2.jpg", str(tmp_path / "other.jpg"))
+    entries = folder_links([*links, taken])
+    assert len(entries) == 3 and entries["IMG_0001_00ff_2.jpg"] == taken.target
+
+
+def test_invalid_links_are_refused() -> None:
+    with pytest.raises(ValueError):
+        folder_links([Link("a/b_00.jpg", "/x.jpg")])
+    with pytest.raises(ValueError):
+        folder_links([Link("a_00.jpg", "relative.jpg")])
+
+
+# ---------------------------------------------------------------------- layout
+
+
+def test_layout_is_exactly_the_scripts(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 5)
+    tree = {
+        "phash_8": [
+            ThresholdFolder(0, [], links),
+            ThresholdFolder(7, [links[:3], links[3:4] + links[4:]], []),
+        ],
+        "avhash_16": [ThresholdFolder(12, [links[1:3]], [links[0], links[3], links[4]])],
+    }
+    output = tmp_path / "data" / "output"
+    OutputWriter(output).write(tree)
+    assert sorted(os.listdir(output)) == ["avhash_16", "phash_8"]
+    assert sorted(os.listdir(output / "phash_8")) == [
+        "thr_000_unclustered_5",
+        "thr_007_unclustered_0",
+    ]
+    assert os.listdir(output / "phash_8/thr_000_unclustered_5") == ["unclustered_5"]
+    assert sorted(os.listdir(output / "phash_8/thr_007_unclustered_0")) == [
+        "001_3",
+        "002_2",
+        "unclustered_0",
+    ]
+    assert os.listdir(output / "phash_8/thr_007_unclustered_0/unclustered_0") == []
+    assert sorted(os.listdir(output / "avhash_16/thr_012_unclustered_3")) == [
+        "001_2",
+        "unclustered_3",
+    ]
+    folder = output / "phash_8/thr_007_unclustered_0/001_3"
+    assert sorted(os.listdir(folder)) == sorted(link.name for link in links[:3])
+    for link in links[:3]:
+        path = folder / link.name
+        assert path.is_symlink()
+        assert os.readlink(path) == link.target and os.path.isabs(os.readlink(path))
+        assert path.read_bytes() == Path(link.target).read_bytes()
+    assert read_tree(str(output)) == expected(tree)
+    walked = [len(files) for _, _, files in os.walk(output, followlinks=True)]
+    assert sum(walked) == 5 + 5 + 5
+
+
+def test_odd_file_names_survive(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    raw = os.fsdecode(b"caf\xe9 \xff")  # Latin-1 bytes: not UTF-8
+    stems = [raw, "with\nnewline", "with space", "x" * 250, "é" * 200]
+    links = []
+    for i, stem in enumerate(stems):
+        path = images / f"{stem[:100]}.jpg"
+        path.write_bytes(b"img")
+        links.append(Link(link_name(stem, f"{i:04x}", ".jpg"), str(path)))
+    tree = {"phash_8": [ThresholdFolder(0, [links[:2]], links[2:])]}
+    output = tmp_path / "out"
+    OutputWriter(output).write(tree)
+    assert read_tree(str(output)) == expected(tree)
+    for dirpath, _, files in os.walk(output, followlinks=True):
+        for name in files:
+            assert len(os.fsencode(name)) <= 255
+            assert Path(dirpath, name).read_bytes() == b"img"
+
+
+def test_extra_files_go_into_the_algorithm_folder(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 3)
+    tree = {"phash_8": [ThresholdFolder(0, [], links)]}
+    output = tmp_path / "out"
+    writer = OutputWriter(output)
+    writer.write(tree, {"phash_8/hashes.json": b'{"a": 1}', "README.txt": b"hi"})
+    assert (output / "phash_8/hashes.json").read_bytes() == b'{"a": 1}'
+    assert (output / "README.txt").read_bytes() == b"hi"
+    report = writer.write(tree, {"phash_8/hashes.json": b'{"a": 2}', "README.txt": b"hi"})
+    assert (output / "phash_8/hashes.json").read_bytes() == b'{"a": 2}'
+    assert report.objects_written == 1  # only the algorithm object changed
+    with pytest.raises(ValueError):
+        writer.write(tree, {"phash_8/thr_000_unclustered_3/x": b""})
+
+
+# ---------------------------------------------------------------------- ownership
+
+
+@pytest.mark.parametrize("kind", ["directory", "file", "foreign symlink", "dangling symlink"])
+def test_refuses_an_output_it_did_not_make(tmp_path: Path, kind: str) -> None:
+    output = tmp_path / "data" / "output"
+    output.parent.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_bytes(b"keep")
+    if kind == "directory":  # what the one-shot script left
+        (output / "phash_8" / "thr_000_unclustered_1" / "unclustered_1").mkdir(parents=True)
+        os.symlink("/etc/hostname", output / "phash_8/thr_000_unclustered_1/unclustered_1/a")
+        (output / "notes.txt").write_bytes(b"mine")
+    elif kind == "file":
+        output.write_bytes(b"a file")
+    elif kind == "foreign symlink":
+        output.symlink_to(elsewhere)
+    else:
+        output.symlink_to("nowhere")
+    before = snapshot(tmp_path)
+    writer = OutputWriter(output)
+    with pytest.raises(OutputError, match="move it away, or choose another --output") as info:
+        writer.check()
+    assert str(output) in str(info.value)
+    links = make_images(tmp_path / "images", 2)
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError):
+        writer.write({"phash_8": [ThresholdFolder(0, [], links)]})
+    with pytest.raises(OutputError):
+        writer.cleanup()
+    assert snapshot(tmp_path) == before
+    assert not os.path.lexists(area_path(output))
+
+
+def test_refuses_an_area_without_our_marker(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    area = area_path(output)
+    area.mkdir()
+    (area / "objects").mkdir()
+    (area / "objects" / ("0" * 32)).mkdir()
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match=str(area)):
+        OutputWriter(output).write({})
+    with pytest.raises(OutputError):
+        OutputWriter(output).cleanup()
+    assert snapshot(tmp_path) == before
+
+
+def test_check_accepts_its_own_output(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    writer = OutputWriter(output)
+    writer.check()  # nothing there yet: fine, and nothing is created
+    assert not os.path.lexists(area_path(output))
+    writer.write({"phash_8": [ThresholdFolder(0, [], make_images(tmp_path / "i", 2))]})
+    OutputWriter(output).check()
+    assert OutputWriter(output).current_generation() == writer.current_generation()
+
+
+# ---------------------------------------------------------------------- reuse
+
+
+def test_same_tree_twice_writes_nothing(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 40)
+    tree = chain_tree(links)
+    writer = OutputWriter(tmp_path / "out")
+    first = writer.write(tree)
+    assert first.objects_written > 0 and first.links_written > 0
+    second = OutputWriter(tmp_path / "out").write(chain_tree(links))  # a fresh process, too
+    assert second.objects_written == 0 and second.links_written == 0
+    assert second.objects_reused == first.objects_written
+    assert second.generation == first.generation
+    assert read_tree(str(tmp_path / "out")) == expected(tree)
+
+
+def test_a_small_change_writes_few_objects(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 60)
+    writer = OutputWriter(tmp_path / "out")
+    first = writer.write(chain_tree(links))
+    links += make_images(tmp_path / "new", 1, prefix="NEW_")
+    second = writer.write(chain_tree(links))
+    assert second.objects_reused > 0
+    # one unclustered folder and one threshold folder per threshold, one algorithm object each
+    assert second.objects_written <= 2 * 12 + 2
+    assert second.links_written < first.links_written
+    assert read_tree(str(tmp_path / "out")) == expected(chain_tree(links))
+
+
+def test_refreshes_recycle_retired_objects(tmp_path: Path) -> None:
+    clock = Clock()
+    links = make_images(tmp_path / "images", 200)
+    writer = OutputWriter(tmp_path / "out", grace_seconds=10, clock=clock)
+    reports = []
+    for k in range(6):
+        links += make_images(tmp_path / f"new{k}", 1, prefix=f"NEW{k}_")
+        clock.now += 60
+        reports.append(writer.write(chain_tree(links)))
+        assert read_tree(str(tmp_path / "out")) == expected(chain_tree(links))
+    full = reports[0].links_written
+    steady = reports[-1]
+    assert steady.objects_recycled > 0
+    assert steady.links_written < full / 10  # patched, not rewritten
+    assert steady.links_removed < full / 10
+
+
+# ---------------------------------------------------------------------- generations
+
+
+def generations(output: Path) -> list[str]:
+    return sorted(os.listdir(area_path(output) / "generations"))
+
+
+def test_previous_generation_kept_older_ones_collected_after_grace(tmp_path: Path) -> None:
+    clock = Clock()
+    output = tmp_path / "out"
+    writer = OutputWriter(output, keep_generations=2, grace_seconds=30, clock=clock)
+    links = make_images(tmp_path / "images", 10)
+    names = []
+    for k in range(4):
+        clock.now += 1
+        names.append(writer.write(chain_tree(links[: 5 + k])).generation)
+    assert generations(output) == names  # all within grace
+    clock.now += 28.5
+    writer.cleanup()
+    assert generations(output) == names[1:]  # names[0] superseded 30.5 s ago, names[1] 29.5
+    clock.now += 100
+    writer.cleanup()
+    assert generations(output) == names[2:]  # keep-2: current and previous, never fewer
+    assert writer.current_generation() == names[-1]
+    assert read_tree(str(output)) == expected(chain_tree(links[:8]))
+    # the previous generation is still complete
+    previous = area_path(output) / "generations" / names[-2]
+    assert read_tree(str(previous)) == expected(chain_tree(links[:7]))
+    # and nothing unreachable is left in objects/
+    objects = set(os.listdir(area_path(output) / "objects"))
+    reachable = set()
+    for gen in generations(output):
+        top = area_path(output) / "generations" / gen
+        for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+            for d in dirnames:
+                reachable.add(os.path.basename(os.path.realpath(os.path.join(dirpath, d))))
+    assert objects == reachable
+
+
+def test_interrupted_build_leftovers_are_cleaned(tmp_path: Path) -> None:
+    clock = Clock()
+    output = tmp_path / "out"
+    writer = OutputWriter(output, clock=clock)
+    links = make_images(tmp_path / "images", 30)
+    good = writer.write(chain_tree(links)).generation
+    area = area_path(output)
+    # what a crash at each step of a build leaves behind
+    half_object = area / "tmp" / ("obj-" + "a" * 32)
+    half_object.mkdir()
+    os.symlink(links[0].target, half_object / links[0].name)
+    half_recycled = area / "tmp" / ("rec-" + "b" * 32)
+    half_recycled.mkdir()
+    half_generation = area / "tmp" / "gen-g00000009-1-0123456789abcdef"
+    half_generation.mkdir()
+    os.symlink("../../objects/" + "c" * 32, half_generation / "phash_8")
+    os.symlink(f"{area.name}/generations/g00000009-1-0123456789abcdef", area / "tmp" / "link-x")
+    unswapped = area / "generations" / "g00000002-5-0123456789abcdef"
+    unswapped.mkdir()
+    os.symlink("../../objects/" + "d" * 32, unswapped / "phash_8")
+    orphan = area / "objects" / ("e" * 32)  # complete object whose generation never swapped in
+    orphan.mkdir()
+    os.symlink(links[1].target, orphan / links[1].name)
+    stranger = area / "tmp" / "not-ours.txt"
+    stranger.write_bytes(b"?")
+    writer2 = OutputWriter(output, clock=clock)
+    writer2.cleanup()
+    assert sorted(os.listdir(area / "tmp")) == ["not-ours.txt"]  # not ours: left alone
+    assert generations(output) == [good]
+    assert not orphan.exists()
+    assert read_tree(str(output)) == expected(chain_tree(links))
+    # and a write after a crash works as well
+    links += make_images(tmp_path / "more", 2, prefix="M")
+    writer2.write(chain_tree(links))
+    assert read_tree(str(output)) == expected(chain_tree(links))
+
+
+def test_a_second_writer_is_refused_while_one_writes(tmp_path: Path) -> None:
+    import fcntl
+
+    output = tmp_path / "out"
+    writer = OutputWriter(output)
+    links = make_images(tmp_path / "images", 3)
+    writer.write({"phash_8": [ThresholdFolder(0, [], links)]})
+    with open(area_path(output) / "lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="another imgclusterd"):
+            OutputWriter(output).write({"phash_8": [ThresholdFolder(0, [links], [])]})
+
+
+# ---------------------------------------------------------------------- readers
+
+
+def test_reader_never_sees_a_partial_tree_during_100_writes(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    # real clock, short grace: old generations really are collected while the reader walks
+    # (with grace_seconds=0 this test fails: the reader's generation vanishes under it)
+    writer = OutputWriter(output, keep_generations=2, grace_seconds=5.0)
+    writer.write(chain_tree(links[:20]))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    walks = [0]
+
+    def check_walk() -> None:
+        root = os.path.realpath(output)  # what `cd OUTPUT` does: pin one generation
+        seen = 0
+
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
+            time.sleep(0.002)  # a slow reader (a file manager): one walk spans several swaps
+            base = os.path.basename(dirpath)
+            if base.startswith("thr_"):
+                u = base.rsplit("_", 1)[1]
+                assert f"unclustered_{u}" in dirnames, (dirpath, dirnames)
+                assert all(d == f"unclustered_{u}" or d[3] == "_" for d in dirnames)
+            elif base.startswith("unclustered_") or base[:3].isdigit():
+                size = int(base.rsplit("_", 1)[1])
+                assert len(filenames) == size, (dirpath, filenames)
+                for name in filenames:
+                    os.stat(os.path.join(dirpath, name))  # resolves: ENOENT would raise
+                seen += 1
+        assert seen > 0
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                check_walk()
+                walks[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(100):
+            count = rng.randrange(10, 30)
+            writer.write(chain_tree(rng.sample(links, count)))
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[0]
+    assert walks[0] > 0
+    # Once the grace period is over, everything but the newest keep_generations goes.
+    time.sleep(writer.grace_seconds + 0.1)
+    writer.cleanup()
+    assert len(generations(output)) == writer.keep_generations
+
+
+# ---------------------------------------------------------------------- property
+
+
+@st.composite
+def trees(draw: st.DrawFn, links: list[Link]) -> dict[str, list[ThresholdFolder]]:
+    tree = {}
+    for algo in draw(st.sets(st.sampled_from(["phash_8", "dhash_8", "whash_16"]), min_size=1)):
+        sweep = []
+        for t in sorted(draw(st.sets(st.integers(0, 30), min_size=1, max_size=4))):
+            chosen = draw(st.lists(st.sampled_from(links), max_size=len(links)))
+            labels = draw(st.lists(st.integers(0, 3), min_size=len(chosen), max_size=len(chosen)))
+            groups: dict[int, list[Link]] = {}
+            for link, label in zip(chosen, labels, strict=True):
+                groups.setdefault(label, []).append(link)
+            clusters = [g for label, g in sorted(groups.items()) if label and len(g) > 1]
+            unclustered = groups.get(0, [])
+            sweep.append(ThresholdFolder(t, clusters, unclustered))
+        tree[algo] = sweep
+    return tree
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_any_sequence_of_writes_reads_back_exactly(tmp_path: Path, data: st.DataObject) -> None:
+    links = make_images(tmp_path / "images", 24)
+    # duplicate names on purpose, so collisions and recycling of renamed links are exercised
+    links += [Link(links[i].name, links[i + 1].target) for i in range(0, 6)]
+    with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
+        clock = Clock()
+        writer = OutputWriter(Path(scratch) / "out", grace_seconds=0, clock=clock)
+        import imgclusterd.output as output_module
+
+        old_min = output_module.RECYCLE_MIN
+        output_module.RECYCLE_MIN = 1  # recycle everything: the patching is what is tested
+        try:
+            for _ in range(data.draw(st.integers(1, 5))):
+                tree = data.draw(trees(links))
+                clock.now += 1
+                writer.write(tree)
+                assert read_tree(str(Path(scratch) / "out")) == expected(tree)
+        finally:
+            output_module.RECYCLE_MIN = old_min
