@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -153,7 +154,8 @@ class Daemon:
         self._check_root()
         if now >= self._next_rescan and self.state.phase != "waiting":
             self.debouncer.request_rescan("periodic rescan")
-            self._next_rescan = now + self.config.rescan_interval
+            # +-25 %, as Syncthing does: daemons of several folders do not all rescan together.
+            self._next_rescan = now + self.config.rescan_interval * random.uniform(0.75, 1.25)
         if self._output_retry_at is not None and now >= self._output_retry_at:
             self._output_retry_at = None
             self.debouncer.request_rescan("retrying the output")

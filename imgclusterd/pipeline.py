@@ -24,6 +24,7 @@ from .algorithms import Algorithm, hash_hex
 from .cluster import ClusterIndex
 from .config import Config
 from .errors import ConfigError, ImagesFolderError
+from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest
 from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
 from .pool import HashPool
@@ -428,4 +429,13 @@ def _check_layout(config: Config) -> None:
                 "beside it",
                 key=key,
             )
+    fstype = filesystem_type(config.store_dir)
+    if is_network_filesystem(fstype):
+        # SQLite's WAL needs shared memory and POSIX locks that network filesystems do not
+        # honour across clients: a store there can be corrupted. The photos may be remote.
+        raise ConfigError(
+            f"state_dir: {config.store_dir} is on a network filesystem ({fstype}); the hash "
+            "store needs a local disk, choose a local state_dir",
+            key="state_dir",
+        )
 

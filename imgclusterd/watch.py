@@ -46,6 +46,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .filters import is_temporary
+from .fsinfo import NETWORK_FILESYSTEMS, contains, filesystem_type, is_network_filesystem
 
 __all__ = [
     "NETWORK_FILESYSTEMS",
@@ -59,13 +60,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WatchMode = Literal["auto", "inotify", "polling"]
-
-# Filesystems where inotify misses changes made elsewhere (other clients, the host of a VM).
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs",
-    "ncpfs", "coda", "davfs", "virtiofs", "vboxsf", "vmhgfs", "fuse.sshfs", "fuse.rclone",
-    "fuse.s3fs", "fuse.gcsfuse", "fuse.glusterfs", "fuse.cephfs", "fuse.vmhgfs-fuse",
-})  # fmt: skip
 
 # Events we react to. Opens and read-only closes are left out on purpose: our own hasher reads
 # every photo, and reacting to that would feed the daemon its own work.
@@ -88,35 +82,6 @@ class RootMissingError(FileNotFoundError):
             errno.ENOENT, "images folder is missing or not a folder; waiting for it", str(root)
         )
         self.root = root
-
-
-def filesystem_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
-    """The type of the filesystem holding ``path`` (e.g. ``ext4``, ``nfs4``, ``fuse.sshfs``).
-
-    Read from ``/proc/self/mountinfo``: the longest mount point that contains ``path``. None when
-    that cannot be told (no /proc, or not Linux).
-    """
-    try:
-        target = os.path.realpath(path)
-        lines = mountinfo.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except OSError:
-        return None
-    best: tuple[int, str] | None = None
-    for line in lines:
-        # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue"
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or not tail:
-            continue
-        mount_point = _unescape_mount(fields[4])
-        if _contains(mount_point, target) and (best is None or len(mount_point) >= best[0]):
-            best = (len(mount_point), tail[0])
-    return best[1] if best else None
-
-
-def is_network_filesystem(fstype: str | None) -> bool:
-    """True for filesystem types where inotify cannot be trusted (see NETWORK_FILESYSTEMS)."""
-    return fstype is not None and fstype.lower() in NETWORK_FILESYSTEMS
 
 
 class Watcher:
@@ -389,9 +354,9 @@ class _Handler(FileSystemEventHandler):
         return not self._hidden_or_excluded(path) and self._is_candidate(path)
 
     def _hidden_or_excluded(self, path: str) -> bool:
-        if not _contains(self._root, path) or path == self._root:
+        if not contains(self._root, path) or path == self._root:
             return True
-        if any(_contains(excluded, path) for excluded in self._exclude):
+        if any(contains(excluded, path) for excluded in self._exclude):
             return True
         relative = path[len(self._root) :].lstrip(os.sep)
         return any(is_temporary(part) for part in relative.split(os.sep))
@@ -460,23 +425,3 @@ def _limit_message(code: int, poll_interval: float | None) -> str:
     if poll_interval is not None:
         message += f"; polling every {poll_interval:g}s meanwhile"
     return message
-
-
-def _contains(parent: str, path: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
-
-
-def _unescape_mount(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
-    if "\\" not in field:
-        return field
-    out, i = bytearray(), 0
-    raw = os.fsencode(field)
-    while i < len(raw):
-        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))

@@ -533,3 +533,25 @@ def test_missing_config_file_names_the_option(workspace: Workspace) -> None:
     result = run_cli("scan", "--config", str(workspace.root / "nope.toml"), cwd=workspace.root)
     assert result.returncode == 78
     assert "--config" in one_error_line(result) or "nope.toml" in result.stderr
+
+
+def test_store_on_a_network_filesystem_is_refused(workspace: Workspace,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faked: no NFS/CIFS server can be mounted on these machines, so the filesystem type the
+    pipeline reads from /proc/self/mountinfo is replaced for the state dir only."""
+    from imgclusterd import pipeline as pipeline_module
+    from imgclusterd.config import load_config
+    from imgclusterd.errors import ConfigError
+
+    real = pipeline_module.filesystem_type
+    state = workspace.state
+
+    def fake(path: Path) -> str | None:
+        return "nfs4" if Path(path) == state else real(path)
+
+    monkeypatch.setattr(pipeline_module, "filesystem_type", fake)
+    config = load_config(None, {"images": workspace.images, "output": workspace.output,
+                                "state_dir": state}, environ={}, cwd=workspace.root).config
+    with pytest.raises(ConfigError, match=r"state_dir: .* network filesystem \(nfs4\)"):
+        pipeline_module.Pipeline(config)
+    assert not (state / "store.sqlite").exists()
