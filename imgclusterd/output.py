@@ -90,6 +90,8 @@ NAME_MAX = 255
 #: Objects at least this big are patched from a pool object instead of written from scratch.
 RECYCLE_MIN = 16
 _RECYCLE_CANDIDATES = 3
+#: A leaf in the pool is found again by its first few member names (its identity, mostly).
+_IDENTITY_NAMES = 2
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks during a write
 
 _MARKER = "MARKER"
@@ -249,6 +251,17 @@ class _Pooled:
     digest: str
     role: _Role
     entry: str  # file name in pool/
+
+
+@dataclass
+class _PoolIndex:
+    """What ``pool/`` holds, for one write: by kind of slot, and leaves by member name."""
+
+    by_kind: dict[str, list[_Pooled]] = field(default_factory=dict)
+    # (algorithm, kind of slot, member name): an unclustered folder is never patched into a
+    # cluster or back, or the greedy matching steals the one object each would patch cheaply.
+    by_member: dict[tuple[str, str, str], list[_Pooled]] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)  # entries taken by this write
 
 
 @dataclass
@@ -613,14 +626,20 @@ class OutputWriter:
                 raise
             _remove(staging)
 
-    def _pool_index(self) -> dict[str, list[_Pooled]]:
-        """Pool entries by kind of slot ("u", "c", "t")."""
-        index: dict[str, list[_Pooled]] = {}
+    def _pool_index(self) -> _PoolIndex:
+        """Pool entries by kind of slot ("u", "c", "t"), and leaves by their first members."""
+        index = _PoolIndex()
         for entry in os.listdir(self._pool):
             match = _POOL_RE.match(entry)
-            if match:
-                pooled = _Pooled(match[1], (match[4], match[2], int(match[3])), entry)
-                index.setdefault(match[2][0], []).append(pooled)
+            if not match:
+                continue
+            pooled = _Pooled(match[1], (match[4], match[2], int(match[3])), entry)
+            index.by_kind.setdefault(match[2][0], []).append(pooled)
+            known = self._contents.get(pooled.digest)
+            if known and match[2] != "t":
+                for name in heapq.nsmallest(_IDENTITY_NAMES, known):
+                    key = (pooled.role[0], match[2][0], name)
+                    index.by_member.setdefault(key, []).append(pooled)
         return index
 
     def _pool_entries(self, pooled: _Pooled) -> dict[str, str] | None:
@@ -639,27 +658,32 @@ class OutputWriter:
             return None
         return entries
 
-    def _recycle(
-        self, digest: str, obj: _Object, pool: dict[str, list[_Pooled]], counts: _Counts
-    ) -> bool:
+    def _recycle(self, digest: str, obj: _Object, pool: _PoolIndex, counts: _Counts) -> bool:
         """Patch the most similar pool object into ``digest``; False if none is worth it.
 
-        Candidates: same kind of slot, same algorithm and slot first, then nearest threshold;
-        the few best are compared entry by entry and the one with the smallest difference wins,
-        if patching it is cheaper than writing fresh and deleting it later.
+        Candidates: the few pool objects of the same kind of slot nearest in (algorithm, slot,
+        threshold), and, for a cluster or unclustered folder, those that held the same first
+        members (the same cluster, renumbered or one threshold over: a diff of a link or two).
+        Each is compared entry by entry; the smallest difference wins, if patching it is
+        cheaper than writing fresh and deleting it later.
         """
         assert obj.role is not None
         algo, slot, threshold = obj.role
-        candidates = pool.get(slot[0])
-        if not candidates:
+        kind = [c for c in pool.by_kind.get(slot[0], ()) if c.entry not in pool.used]
+        if not kind:
             return False
         shortlist = heapq.nsmallest(
             _RECYCLE_CANDIDATES,
-            candidates,
+            kind,
             key=lambda c: (c.role[0] != algo, c.role[1] != slot, abs(c.role[2] - threshold)),
         )
+        if obj.level == 2:
+            for name in heapq.nsmallest(_IDENTITY_NAMES, obj.links):
+                shortlist += pool.by_member.get((algo, slot[0], name), ())
         best: tuple[int, _Pooled, list[str], list[str]] | None = None
-        for pooled in shortlist:
+        for pooled in dict.fromkeys(shortlist):
+            if pooled.entry in pool.used:
+                continue
             old = self._pool_entries(pooled)
             if old is None:
                 continue
@@ -674,7 +698,7 @@ class OutputWriter:
         if best is None:
             return False
         _, pooled, remove, add = best
-        candidates.remove(pooled)
+        pool.used.add(pooled.entry)
         staging = self._tmp / f"rec-{digest}"
         if os.path.lexists(staging):
             _remove(staging)
