@@ -219,20 +219,34 @@ def reset_store(config: Config) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from .errors import AlreadyRunning
+    from .lock import InstanceLock
     from .pipeline import Pipeline
     from .progress import ProgressPrinter
+    from .status import LOCK_NAME
 
     config = _load(args).config
     if not config.images.is_dir():
         # Checked before the store is created: a typo must not leave a store behind.
         raise ImagesFolderError(f"images folder {config.images} does not exist or is not a "
                                 "folder (set `images` in the config or pass --images)")
-    if args.reset_store:
-        reset_store(config)
-    printer = ProgressPrinter() if not args.quiet else None
-    stop = threading.Event()
-    with Pipeline(config, stop=stop, progress=printer) as pipeline:
-        report = pipeline.refresh()
+    # The daemon's lock: a scan beside a running daemon would race it for the store and the
+    # output, and --reset-store must never pull the store from under a live daemon.
+    try:
+        lock = InstanceLock(config.store_dir / LOCK_NAME)
+        lock.acquire()
+    except AlreadyRunning as exc:
+        raise AlreadyRunning(exc.pid, "the daemon keeps this folder up to date; see "
+                             "`imgclusterd status`, or stop it to scan by hand") from None
+    try:
+        if args.reset_store:
+            reset_store(config)
+        printer = ProgressPrinter() if not args.quiet else None
+        stop = threading.Event()
+        with Pipeline(config, stop=stop, progress=printer) as pipeline:
+            report = pipeline.refresh()
+    finally:
+        lock.release()
     if printer:
         printer.close()
     for path, reason in report.new_unreadable:
@@ -262,9 +276,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Under systemd: say what is wrong where `systemctl --user status` shows it.
         Notifier.from_env().status(f"config error: {exc}")
         raise
-    if args.reset_store:
-        reset_store(config)
-    return Daemon(config).run()
+    # The store is reset only once the daemon holds the instance lock (never under a live one).
+    before_start = (lambda: reset_store(config)) if args.reset_store else None
+    return Daemon(config).run(before_start=before_start)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ over time; each refresh is :meth:`Pipeline.refresh`, the same code ``scan`` runs
 
 Shape of the main loop (one thread decides everything; others only record):
 
-    watchdog thread ──paths──▶ Debouncer ◀── signal handlers only set ``stop`` / ask a rescan
+    watchdog thread ──paths──▶ Debouncer ◀── signal thread: sets ``stop`` / asks a rescan
                                    │ due (quiet for `debounce`, or `max_delay` after the first
                                    │      event)
     main loop: heartbeat + WATCHDOG=1 ─▶ refresh ─▶ idle ─▶ sleep until due / next ping / stop
@@ -19,6 +19,8 @@ import logging
 import os
 import random
 import signal
+import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,12 +30,13 @@ from types import FrameType
 from typing import Any
 
 from .config import Config
-from .errors import ImagesFolderError, OutputError
+from .errors import ImagesFolderError, ImgclusterdError, OutputError
 from .filters import is_candidate
 from .lock import InstanceLock
 from .notify import Notifier, watchdog_interval
 from .pipeline import Pipeline, RefreshReport
 from .status import LOCK_NAME
+from .store import STORE_NAME
 from .watch import RootMissingError, Watcher
 
 __all__ = ["HEARTBEAT_EVERY", "Daemon"]
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeat rows while idle (status: stale after 90 s)
 _OUTPUT_RETRY = 30.0  # seconds before retrying after the output could not be written
+_WAITING_CHECK = 5.0  # seconds between looks for the images folder while waiting for it
 
 
 @dataclass
@@ -101,16 +105,36 @@ class Daemon:
         )
         self.watcher: Watcher | None = None
         self.pipeline: Pipeline | None = None
+        self._failed = False  # start-up failed: keep the error as the STATUS= line
+        self._lock: InstanceLock | None = None
+        self._store_identity: tuple[int, int] | None = None
+        self._next_path_check = 0.0
+        self._next_root_check = 0.0
 
     # -- entry point ------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Run until stopped; return the exit code (0 on an orderly stop)."""
+    def run(self, before_start: Callable[[], None] | None = None) -> int:
+        """Run until stopped; return the exit code (0 on an orderly stop).
+
+        ``before_start`` runs once the instance lock is held, before the store is opened
+        (``run --reset-store`` sets the old store aside there, never under a live daemon).
+        """
         self._install_signal_handlers()
         lock = InstanceLock(self.config.store_dir / LOCK_NAME)
         lock.acquire()  # AlreadyRunning("already running (pid N)") before touching anything
+        self._lock = lock
         try:
-            self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+            if before_start is not None:
+                before_start()
+            try:
+                self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+            except ImgclusterdError as exc:
+                # e.g. the output inside the images folder, a foreign output, a corrupt store:
+                # say it where `systemctl --user status` shows it, and keep that line on exit.
+                self.notifier.status(f"error: {exc}")
+                self._failed = True
+                raise
+            self._store_identity = self._identity()
             self._start_watcher()
             self.debouncer.request_rescan("start-up")
             self._heartbeat(force=True)
@@ -126,17 +150,42 @@ class Daemon:
         return 0
 
     def _install_signal_handlers(self) -> None:
-        # Handlers only record; the loop notices within one tick (it sleeps on ``wake``).
-        def on_stop(signum: int, frame: FrameType | None) -> None:
-            self.stop.set()
-            self.wake.set()
+        """SIGTERM/SIGINT stop, SIGHUP asks a rescan -- decided by a thread, not a handler.
 
-        def on_hup(signum: int, frame: FrameType | None) -> None:
-            self.debouncer.request_rescan("SIGHUP")
+        Python runs a handler in the main thread between two bytecodes, possibly while that
+        thread holds the lock inside an Event or the debouncer: a handler taking that lock
+        again would deadlock the loop. So the handlers do nothing; the C-level handler writes
+        the signal number to a socket (``set_wakeup_fd``) and a small thread acts on it.
+        """
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._signal_sockets = (reader, writer)
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
+        def nothing(signum: int, frame: FrameType | None) -> None:
+            pass  # see above: the wakeup fd carries the signal to _signal_loop
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, nothing)
+        threading.Thread(
+            target=self._signal_loop, args=(reader,), name="imgclusterd-signals", daemon=True
+        ).start()
+
+    def _signal_loop(self, reader: socket.socket) -> None:
+        while True:
+            try:
+                received = reader.recv(64)
+            except OSError:
+                return
+            if not received:
+                return
+            for signum in received:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("%s received: stopping", signal.Signals(signum).name)
+                    self.stop.set()
+                    self.wake.set()
+                elif signum == signal.SIGHUP:
+                    self.debouncer.request_rescan("SIGHUP")
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -151,7 +200,14 @@ class Daemon:
         """One turn of the main loop: keep-alives, watcher health, and a refresh when due."""
         now = self.clock()
         self._ping()
-        self._check_root()
+        if now >= self._next_root_check:
+            # Walking a photo-less folder for a photo costs something: not on every tick.
+            self._next_root_check = now + (_WAITING_CHECK if self.state.phase == "waiting" else 0)
+            self._check_root()
+        if now >= self._next_path_check:
+            self._next_path_check = now + HEARTBEAT_EVERY
+            self._check_own_paths()
+            self._copy_watcher_warnings()
         if now >= self._next_rescan and self.state.phase != "waiting":
             self.debouncer.request_rescan("periodic rescan")
             # +-25 %, as Syncthing does: daemons of several folders do not all rescan together.
@@ -188,9 +244,12 @@ class Daemon:
             return
         except OutputError as exc:
             # e.g. disk full while building a generation: the previous output stays current.
-            log.error("output not refreshed: %s (retrying in %.0f s)", exc, _OUTPUT_RETRY)
-            self._set_phase("idle", message=f"output not refreshed: {exc}")
-            self._output_retry_at = self.clock() + _OUTPUT_RETRY
+            self._retry_later(f"output not refreshed: {exc}", batch.paths)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            # The store's disk is full, or a `scan` by hand holds its write lock, or a folder
+            # of ours vanished: nothing committed is lost (SQLite rolled back); try again.
+            self._retry_later(f"refresh failed: {exc}", batch.paths)
             return
         if report.deferred:
             # Still being written (or changed while hashed): look again after the next quiet.
@@ -204,6 +263,13 @@ class Daemon:
             "idle",
             message=f"idle: {report.images:,} images, refreshed {when}",
         )
+
+    def _retry_later(self, message: str, paths: Any) -> None:
+        log.error("%s (retrying in %.0f s)", message, _OUTPUT_RETRY)
+        self._set_phase("idle", message=message)
+        self._output_retry_at = self.clock() + _OUTPUT_RETRY
+        if paths:
+            self.debouncer.add(paths)  # keep the batch: the retry must include it
 
     def _log_refresh(self, report: RefreshReport) -> None:
         timings = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
@@ -253,7 +319,7 @@ class Daemon:
         """Leave the waiting state when the folder is back; restart a dead watcher."""
         images: Path = self.config.images
         if self.state.phase == "waiting":
-            if images.is_dir() and _has_entries(images):
+            if images.is_dir() and _has_photos(images, tuple(self.config.extensions)):
                 log.info("images folder %s is back: rescanning", images)
                 self._set_phase("idle", message="images folder is back")
                 self._start_watcher()
@@ -266,6 +332,56 @@ class Daemon:
             self.watcher.stop()
             self._start_watcher()
             self.debouncer.request_rescan("watcher restarted")
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.config.store_dir / STORE_NAME)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _check_own_paths(self) -> None:
+        """Someone deleted the state dir or the OUTPUT symlink: recreate, do not crash.
+
+        SQLite keeps writing into an unlinked store file without any error, and the instance
+        lock would then be on a file nobody else sees; so a vanished store means: new lock,
+        new store (every photo re-hashed; the photos are all still there), full rescan.
+        """
+        if self.pipeline is None:
+            return
+        if self._store_identity is not None and self._identity() != self._store_identity:
+            log.warning("the store %s was deleted or replaced; starting a new one",
+                        self.config.store_dir / STORE_NAME)
+            self.pipeline.close()
+            self.pipeline = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock.acquire()  # AlreadyRunning if another daemon took the folder
+            self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+            self._store_identity = self._identity()
+            self.debouncer.request_rescan("store recreated")
+        elif (
+            self.state.phase not in ("waiting", "starting")
+            and self._output_retry_at is None  # a failed write already retries on its own
+            and not os.path.lexists(self.config.output)
+        ):
+            log.warning("the output %s was deleted; writing it again", self.config.output)
+            self.debouncer.request_rescan("output deleted")
+
+    def _copy_watcher_warnings(self) -> None:
+        """Problems the watcher meets later (a watch limit, a queue overflow) reach status."""
+        if self.watcher is None:
+            return
+        warnings = list(self.watcher.warnings)
+        if self.watcher.overflows:
+            warnings.append(
+                f"the inotify event queue overflowed {self.watcher.overflows} time(s); each "
+                "time a full rescan made the store equal the folder again"
+            )
+        if self.watcher.handler_errors:
+            warnings.append(f"{self.watcher.handler_errors} error(s) in the event handler "
+                            "(logged); a rescan followed each")
+        self.state.warnings = warnings
 
     # -- status, heartbeat, systemd ---------------------------------------------------------
 
@@ -317,7 +433,7 @@ class Daemon:
                 log.warning("could not write the heartbeat: %s", exc)
 
     def _shutdown(self) -> None:
-        self.notifier.stopping(status="stopping")
+        self.notifier.stopping(status=None if self._failed else "stopping")
         log.info("stopping")
         if self.watcher is not None:
             self.watcher.stop()
@@ -332,11 +448,17 @@ class Daemon:
             self.pipeline.close()
 
 
-def _has_entries(folder: Path) -> bool:
-    # Closed explicitly (an abandoned scandir iterator leaks its descriptor until collected), and
-    # a folder that vanishes between the is_dir() check and here is simply not back yet.
+def _has_photos(folder: Path, extensions: tuple[str, ...]) -> bool:
+    """Is there at least one photo under ``folder``? (Stops at the first one.)
+
+    Any entry is not enough: an unmounted drive's mount point may hold a dotfile or an empty
+    folder, and leaving the waiting state for those would only fail again, every few seconds.
+    """
     try:
-        with os.scandir(folder) as entries:
-            return any(True for _ in entries)
+        for _, dirs, files in os.walk(folder):
+            if any(is_candidate(name, extensions) for name in files):
+                return True
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
     except OSError:
-        return False
+        pass  # vanished meanwhile: not back yet
+    return False

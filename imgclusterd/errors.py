@@ -59,6 +59,7 @@ class AlreadyRunning(ImgclusterdError):
 
     exit_code = 75  # EX_TEMPFAIL
 
-    def __init__(self, pid: int | None) -> None:
-        super().__init__(f"already running (pid {pid if pid is not None else 'unknown'})")
+    def __init__(self, pid: int | None, hint: str = "") -> None:
+        message = f"already running (pid {pid if pid is not None else 'unknown'})"
+        super().__init__(f"{message}{': ' + hint if hint else ''}")
         self.pid = pid

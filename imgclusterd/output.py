@@ -422,23 +422,24 @@ class OutputWriter:
         self.check()
         objects, generation_links, top_files = self._plan(tree, extra_files or {})
         gen_digest = _digest(generation_links, top_files)[:16]
-        self._ensure_area()
         counts = _Counts()
-        sync_seconds = 0.0
-        with self._locked():
-            self._remove_leftovers()
-            current = self._current_name()
-            pool_before = set(os.listdir(self._pool))
-            if (
-                current is not None
-                and current.endswith(gen_digest)
-                and (self._generations / current).is_dir()
-            ):
-                name, swapped = current, False
-                counts.reused = len(objects)
-            else:
-                swapped = True
-                try:
+        sync_seconds = gc_seconds = 0.0
+        pool_before: set[str] = set()
+        try:
+            self._ensure_area()
+            with self._locked():
+                self._remove_leftovers()
+                current = self._current_name()
+                pool_before = set(os.listdir(self._pool))
+                if (
+                    current is not None
+                    and current.endswith(gen_digest)
+                    and (self._generations / current).is_dir()
+                ):
+                    name, swapped = current, False
+                    counts.reused = len(objects)
+                else:
+                    swapped = True
                     self._build_objects(objects, counts, progress)
                     name = self._next_name(gen_digest)
                     counts.links += self._build_generation(name, generation_links, top_files)
@@ -446,14 +447,16 @@ class OutputWriter:
                     _syncfs(self.area)
                     sync_seconds = time.perf_counter() - sync_started
                     self._swap(name)
-                except OSError as exc:
-                    raise self._build_failed(exc, pool_before) from exc
-            gc_started = time.perf_counter()
-            try:
-                counts.deleted += self._collect(purge=pool_before)
-            except OSError as exc:  # the new generation is current: only tidying failed
-                log.warning("could not collect old output generations: %s", exc)
-            gc_seconds = time.perf_counter() - gc_started
+                gc_started = time.perf_counter()
+                try:
+                    counts.deleted += self._collect(purge=pool_before)
+                except OSError as exc:  # the new generation is current: only tidying failed
+                    log.warning("could not collect old output generations: %s", exc)
+                gc_seconds = time.perf_counter() - gc_started
+        except OSError as exc:
+            # Anything before the swap (area, lock, objects, generation, sync, swap itself):
+            # OUTPUT still names the previous, complete generation.
+            raise self._build_failed(exc, pool_before) from exc
         report = WriteReport(
             generation=name,
             objects_written=counts.written,
@@ -490,7 +493,7 @@ class OutputWriter:
             reason += " (disk or inode quota full)"
         return OutputError(
             f"could not write a new output generation in {self.area}: {reason}; "
-            f"the previous output stays current and the write is retried"
+            "the previous output, if any, stays as it was"
         )
 
     def cleanup(self) -> None:
@@ -498,11 +501,14 @@ class OutputWriter:
         self.check()
         if not os.path.lexists(self.area):
             return
-        for sub in (self._objects, self._generations, self._pool, self._tmp):
-            sub.mkdir(exist_ok=True)
-        with self._locked():
-            self._remove_leftovers()
-            self._collect(purge=set())
+        try:
+            for sub in (self._objects, self._generations, self._pool, self._tmp):
+                sub.mkdir(exist_ok=True)
+            with self._locked():
+                self._remove_leftovers()
+                self._collect(purge=set())
+        except OSError as exc:  # tidying only: the current output is complete either way
+            log.warning("could not clean up %s: %s", self.area, exc)
 
     # ------------------------------------------------------------------ planning (pure)
 

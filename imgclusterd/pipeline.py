@@ -42,6 +42,7 @@ Progress = Callable[[str, int, int], None]
 SETTLE_SECONDS = 10.0
 
 _COMMIT_EVERY = 64  # hash results per store transaction: few fsyncs, little lost on a crash
+_PROGRESS_EVERY = 0.5  # seconds between progress calls while digesting (watchdog pings)
 
 
 @dataclass
@@ -158,8 +159,18 @@ class Pipeline:
         names = [a.name for a in self.algorithms]
         complete = self.store.complete_ids(names, self.plan.decode)
         work = reconcile.plan(listing.files, known, complete, self.plan.decode)
-        self._apply_moves(work, listing.files, report)
-        to_decode = self._reuse_copies(work.to_hash, known, listing.files, report)
+        # Digests first, outside any transaction (file reads must not hold the write lock);
+        # then copies, moves and removals in one transaction, copies first so that a copy whose
+        # original vanished in this same refresh (cp + rm, a move across filesystems) still
+        # finds the original's row and hashes.
+        digests, to_decode = self._digest_candidates(work.to_hash, known, listing.files)
+        if digests or work.moved or work.removed:
+            with self.store.transaction():
+                self._reuse_copies(digests, listing.files, report, to_decode)
+                # Interrupted while digesting: keep the vanished rows, so that the next refresh
+                # can still recognise the copies not digested yet instead of decoding them.
+                self._apply_moves(work, listing.files, report, remove=not self.stop.is_set())
+        to_decode.sort()
         report.timings["scan"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -238,52 +249,73 @@ class Pipeline:
         )
 
     def _apply_moves(
-        self, work: reconcile.Plan, disk: dict[str, reconcile.Facts], report: RefreshReport
+        self,
+        work: reconcile.Plan,
+        disk: dict[str, reconcile.Facts],
+        report: RefreshReport,
+        *,
+        remove: bool,
     ) -> None:
-        if not (work.moved or work.removed):
-            return
+        """Renames (same inode) and vanished paths. Call inside a store transaction."""
+        removed = work.removed if remove else []
         now = self.clock()
-        with self.store.transaction():
-            for old, new in work.moved:
-                self.store.move(old, new, disk[new], now)
-            self.store.remove(work.removed)
-        report.moved, report.removed = len(work.moved), len(work.removed)
+        for old, new in work.moved:
+            self.store.move(old, new, disk[new], now)
+        self.store.remove(removed)
+        report.moved, report.removed = len(work.moved), len(removed)
         for old, new in work.moved:
             log.info("moved: %s -> %s (not re-hashed)", old, new)
-        if work.removed:
-            log.info("removed %d photos no longer on disk", len(work.removed))
+        if removed:
+            log.info("removed %d photos no longer on disk", len(removed))
+
+    def _digest_candidates(
+        self, paths: list[str], known: dict[str, Any], disk: dict[str, reconcile.Facts]
+    ) -> tuple[dict[str, bytes], list[str]]:
+        """Content digests of the new paths that may be copies of a known photo (a copy, or a
+        move across filesystems), and the paths that are not: (digests, to decode).
+
+        Only files whose size matches a known hashed photo are read. ``known`` is the store as
+        it was before this refresh, so photos that vanished in it still count. This reads whole
+        files, so it reports progress (the daemon's watchdog ping rides on it) and stops early
+        when asked: paths not digested yet are simply left to decode (the hashing stage does
+        nothing once stop is set, and the next refresh looks at them again).
+        """
+        sizes = {r.size for r in known.values() if r.digest is not None and r.status == "hashed"}
+        candidates = [p for p in paths if p not in known and disk[p][0] in sizes]
+        others = [p for p in paths if p in known or disk[p][0] not in sizes]
+        digests: dict[str, bytes] = {}
+        last = time.monotonic()
+        for done, path in enumerate(candidates):
+            if self.stop.is_set():
+                others += candidates[done:]
+                break
+            if time.monotonic() - last >= _PROGRESS_EVERY:
+                self.progress("scanning", done, len(candidates))
+                last = time.monotonic()
+            try:
+                digests[path] = file_digest(os.path.join(self.images, path))
+            except OSError:
+                others.append(path)
+        return digests, others
 
     def _reuse_copies(
         self,
-        paths: list[str],
-        known: dict[str, Any],
+        digests: dict[str, bytes],
         disk: dict[str, reconcile.Facts],
         report: RefreshReport,
-    ) -> list[str]:
-        """New paths whose content is already hashed (a copy, or a move across filesystems):
-        reuse the hashes. Only files whose size matches a known photo are read for a digest."""
-        sizes = {r.size for r in known.values() if r.digest is not None and r.status == "hashed"}
-        remaining = []
+        remaining: list[str],
+    ) -> None:
+        """Reuse the hashes of a known photo with the same content; append the paths with no
+        such photo to ``remaining``. Call inside a store transaction, before removals."""
         now = self.clock()
-        with self.store.transaction():
-            for path in paths:
-                facts = disk[path]
-                if path in known or facts[0] not in sizes:
-                    remaining.append(path)
-                    continue
-                try:
-                    digest = file_digest(os.path.join(self.images, path))
-                except OSError:
-                    remaining.append(path)
-                    continue
-                source = self.store.find_digest(digest)
-                if source is None or source.decode != self.plan.decode:
-                    remaining.append(path)
-                    continue
-                self.store.copy_hashes(source, path, facts, now)
-                report.copies += 1
-                log.info("recognised %s as a copy of %s (not re-hashed)", path, source.path)
-        return remaining
+        for path, digest in digests.items():
+            source = self.store.find_digest(digest)
+            if source is None or source.decode != self.plan.decode:
+                remaining.append(path)
+                continue
+            self.store.copy_hashes(source, path, disk[path], now)
+            report.copies += 1
+            log.info("recognised %s as a copy of %s (not re-hashed)", path, source.path)
 
     def _hash(self, paths: list[str], report: RefreshReport) -> None:
         if not paths:

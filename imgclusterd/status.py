@@ -16,11 +16,14 @@ The JSON shape (``status --json``) is stable; new keys may be added, none remove
       "progress": {"done": int, "total": int} | null,
       "message": str | null,
       "counts": {"images": int, "hashed": int, "pending": int, "unreadable": int},
+                 # images = photo files known (hashed + unreadable); pending = waiting to be
+                 # hashed by the running daemon (0 when it is not running)
       "unreadable_examples": [{"path": str, "reason": str}, ...],
       "last_refresh": {"finished": str (ISO 8601), "seconds": float, "generation": str | null,
                        "hashed": int} | null,
       "images": str, "output": str, "store": str,
-      "watcher": {"mode": str | null, "warnings": [str, ...]}
+      "watcher": {"mode": str | null, "warnings": [str, ...]},
+      "warnings": [str, ...]   # problems seen from outside, e.g. the store's disk is full
     }
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import time
 from typing import Any
 
@@ -62,6 +66,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "output": str(config.output),
         "store": str(store_path),
         "watcher": {"mode": None, "warnings": []},
+        "warnings": _disk_warnings(config),
     }
     pid = holder_pid(config.store_dir / LOCK_NAME) if config.store_dir.exists() else None
     daemon: dict[str, Any] = {}
@@ -77,7 +82,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         else:
             status["state"] = "not running"
             status["counts"] = {
-                "images": counts["hashed"],
+                "images": counts["known"],  # files in the store: hashed + unreadable
                 "hashed": counts["hashed"],
                 "pending": int(daemon.get("pending", 0)) if pid else 0,
                 "unreadable": counts["unreadable"],
@@ -113,6 +118,25 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     return status
 
 
+#: Below this much free space a store commit or an output write is about to fail.
+LOW_SPACE = 1 << 20
+
+
+def _disk_warnings(config: Config) -> list[str]:
+    """A full disk stops the daemon from writing anything, heartbeats included, so the only
+    way to tell the user is to look from outside."""
+    warnings = []
+    for what, path in (("store", config.store_dir), ("output", config.output.parent)):
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            continue
+        if free < LOW_SPACE:
+            warnings.append(f"the disk holding the {what} ({path}) is full ({free:,} bytes "
+                            "free): refreshes fail until space is freed")
+    return warnings
+
+
 def render(status: dict[str, Any]) -> str:
     """The human form: a headline, then one fact per line."""
     state = status["state"]
@@ -138,7 +162,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  message:      {status['message']}")
     c = status["counts"]
     lines.append(
-        f"  photos:       {c['images']} hashed, {c['pending']} pending, "
+        f"  photos:       {c['images']} known, {c['hashed']} hashed, {c['pending']} pending, "
         f"{c['unreadable']} unreadable"
     )
     for example in status["unreadable_examples"]:
@@ -157,7 +181,7 @@ def render(status: dict[str, Any]) -> str:
     watcher = status["watcher"]
     if watcher["mode"]:
         lines.append(f"  watcher:      {watcher['mode']}")
-    for warning in watcher["warnings"]:
+    for warning in [*status.get("warnings", []), *watcher["warnings"]]:
         lines.append(f"  warning:      {warning}")
     return "\n".join(lines)
 

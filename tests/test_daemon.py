@@ -473,6 +473,74 @@ def test_second_instance_refuses_and_changes_nothing(
     daemon.assert_alive()
 
 
+def test_scan_beside_the_daemon_refuses_and_reset_store_touches_nothing(
+    workspace: Workspace, start_daemon: Any
+) -> None:
+    """A hand-made scan would race the daemon for the store and the output, and
+    ``--reset-store`` would pull the store from under it: both are refused under its lock."""
+    daemon = start_daemon()
+    store = workspace.state / "store.sqlite"
+    inode, link = store.stat().st_ino, os.readlink(workspace.output)
+    for args in ([], ["--reset-store"]):
+        for command in ("scan", "run"):
+            result = run_cli(command, "--config", str(daemon.config_path), *args,
+                             cwd=workspace.root, timeout=120)
+            assert result.returncode == 75, (command, args, result.stderr)
+            assert f"already running (pid {daemon.pid})" in result.stderr
+    assert store.stat().st_ino == inode and os.readlink(workspace.output) == link
+    assert sorted(p.name for p in workspace.state.iterdir() if "reset" in p.name) == []
+    daemon.assert_alive()
+    assert daemon.status()["counts"]["images"] == len(disk_photos(workspace))
+
+
+def test_folder_left_with_only_non_photos_waits_without_flapping(
+    workspace: Workspace, start_daemon: Any
+) -> None:
+    """Emptied of photos but not of everything (a mount point's dotfile, a thumbnail cache,
+    empty folders): the daemon waits, keeps store and output, and does not retry in a loop."""
+    daemon = start_daemon()
+    photos = disk_photos(workspace)
+    output_before = output_targets(workspace.output)
+    away = workspace.root / "away"
+    away.mkdir()
+    for path in photos:
+        os.rename(path, away / os.path.basename(path))
+    (workspace.images / ".directory").write_text("[Desktop Entry]\n")
+    (workspace.images / "empty-album").mkdir()
+    workspace.snapshot()
+    wait_for(lambda: daemon.status()["phase"] == "waiting", "the daemon to wait")
+    log_before = daemon.log().count("is back")
+    time.sleep(4 * daemon.config.poll_interval + 3 * daemon.config.debounce + 2)
+    st = daemon.status()
+    assert st["phase"] == "waiting" and st["counts"]["images"] == len(photos)
+    assert daemon.log().count("is back") == log_before, daemon.log()
+    assert output_targets(workspace.output) == output_before
+    for path in photos:
+        os.rename(away / os.path.basename(path), path)
+    workspace.snapshot()
+    wait_for(lambda: daemon.status()["phase"] == "idle", "the daemon to resume")
+    daemon.assert_alive()
+
+
+def test_start_up_error_is_the_status_line_under_systemd(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """An error found after the config loaded (here: the output inside the images folder) exits
+    78 and leaves its message as systemd's STATUS= (not "stopping")."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        config = write_config(workspace, output=str(workspace.images / "out"))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+        result = subprocess.run(
+            [sys.executable, "-m", "imgclusterd", "run", "--config", str(config)],
+            cwd=workspace.root, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 78, result.stderr
+        statuses = [m["STATUS"] for m in notify.drain() + notify.messages if "STATUS" in m]
+        assert statuses and "inside the images folder" in statuses[-1], statuses
+    finally:
+        notify.close()
+
+
 def test_status_in_every_state(workspace: Workspace, start_daemon: Any) -> None:
     config = write_config(workspace)
     never = run_cli("status", "--config", str(config), cwd=workspace.root)

@@ -15,6 +15,7 @@ The others are killed from outside at a moment observed on disk or in /proc.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -502,12 +503,61 @@ def test_output_symlink_deleted_while_running_is_recreated(workspace: Workspace,
     daemon = Daemon(ws, config_for(ws))
     daemons.append(daemon.start())
     daemon.wait_idle(images=44)
-    ws.output.unlink()
-    add_photos(ws.images, 1, seed=8)  # the next refresh
-    ws.snapshot()
+    ws.output.unlink()  # nothing else happens: the daemon must notice by itself
     wait_for(lambda: (daemon.assert_alive(), os.path.lexists(ws.output))[1],
              "OUTPUT to be recreated")
-    daemon.wait_idle(images=45)
+    daemon.wait_idle(images=44)
+    daemon.stop()
+    assert_recovered(ws)
+
+
+@pytest.mark.slow
+def test_state_dir_deleted_while_running_is_recreated(workspace: Workspace,
+                                                      daemons: list[Daemon]) -> None:
+    """SQLite would go on writing into the unlinked file without an error, and the lock
+    would be on a file nobody sees: the daemon must start a new store and lock."""
+    ws = workspace
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    shutil.rmtree(ws.state)
+    wait_for(lambda: (daemon.assert_alive(), (ws.state / STORE_NAME).exists())[1],
+             "the store to be recreated")
+    daemon.wait_idle(images=44)
+    assert status_module.holder_pid(ws.state / status_module.LOCK_NAME) == daemon.pid
+    second = subprocess.run(
+        [sys.executable, "-m", "imgclusterd", "run", "--config", str(daemon.config_path)],
+        cwd=ws.root, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 75 and f"already running (pid {daemon.pid})" in second.stderr
+    daemon.stop()
+    assert_recovered(ws)
+
+
+@pytest.mark.slow
+def test_store_disk_full_daemon_survives_says_why_and_recovers(
+        workspace: Workspace, small_fs: Path, daemons: list[Daemon]) -> None:
+    ws = workspace
+    ws.state = small_fs / "state"
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    filler = small_fs / "filler"
+    # fill the 2 MB filesystem to the last byte
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    add_photos(ws.images, 30, seed=9)
+    ws.snapshot()
+
+    def says_why() -> bool:
+        daemon.assert_alive()
+        return any("full" in w for w in daemon.status()["warnings"])
+
+    wait_for(says_why, "status to say the disk is full")
+    assert integrity(ws.state) == "ok"
+    filler.unlink()
+    daemon.wait_idle(images=74)
     daemon.stop()
     assert_recovered(ws)
 

@@ -153,6 +153,29 @@ def test_rename_copy_change_and_delete(workspace: Workspace) -> None:
     assert not any(n.startswith("scene03_small_") for n in links)
 
 
+def test_copy_then_delete_is_not_rehashed(workspace: Workspace) -> None:
+    # A copy to a new inode followed by deleting the original (what a move across filesystems
+    # does): the old row vanishes in the same refresh, yet its digest must still be matched.
+    assert workspace.scan().returncode == 0
+    images = workspace.images
+    shutil.copy2(images / "scene02.jpg", images / "scene02_elsewhere.jpg")
+    (images / "scene02.jpg").unlink()
+    workspace.snapshot()
+    result = workspace.scan("-v")
+    assert result.returncode == 0, result.stderr
+    assert _hashed_now(result.stdout) == 0
+    assert "scene02_elsewhere.jpg as a copy of scene02.jpg" in result.stderr
+    links = {
+        name
+        for d, _, names in os.walk(workspace.output / "dhash_8", followlinks=True)
+        for name in names
+    }
+    assert any(n.startswith("scene02_elsewhere_") for n in links)
+    assert not any(re.match(r"scene02_[0-9a-f]+\.jpg$", n) for n in links)
+    again = workspace.scan()
+    assert _hashed_now(again.stdout) == 0  # one row for the photo, nothing left to retry
+
+
 def test_same_name_in_subfolders_and_exact_copies_all_appear(workspace: Workspace) -> None:
     images = workspace.images
     for sub in ("a", "b"):
