@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .errors import StoreError
 
@@ -99,22 +100,41 @@ class Store:
     def open(cls, path: Path, *, readonly: bool = False) -> Store:
         """Open (and create/migrate unless ``readonly``) the store at ``path``.
 
-        Raises StoreError for a file that is not an imgclusterd store, is corrupt, or has a
-        newer schema than this version knows.
+        Raises StoreError for a file that is not an imgclusterd store, is corrupt, has a
+        newer schema than this version knows, or cannot be created or opened at all (a path
+        through a regular file, a read-only file system, no permission). A read-only open
+        never creates the store or its folder.
         """
-        if readonly:
-            if not path.exists():
-                raise StoreError(f"no store at {path}")
-            uri = f"file:{path}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=2.0)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        try:
+            if readonly:
+                if not path.exists():
+                    raise StoreError(f"no store at {path}")
+                # mode=ro: SQLite fails instead of creating a missing file (race with the check
+                # above), so a read-only open never creates the store.
+                db = sqlite3.connect(_uri(path, "ro"), uri=True, isolation_level=None, timeout=2.0)
+            else:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot create the store folder {path.parent}: {_reason(exc)}"
+                    ) from None
+                db = sqlite3.connect(
+                    _uri(path, "rwc"), uri=True, isolation_level=None, timeout=10.0
+                )
+        except OSError as exc:  # e.g. path.exists() on a folder we may not search
+            raise StoreError(f"cannot open the store {path}: {_reason(exc)}") from None
+        except sqlite3.OperationalError as exc:
+            raise _cannot_open(path, exc) from None
         store = cls(db, path, readonly)
         try:
             store._setup()
         except sqlite3.DatabaseError as exc:
             db.close()
+            if _is_access_error(exc):
+                # The file itself may be fine (e.g. the folder is read-only so the WAL cannot
+                # be created): --reset-store would not help, so do not suggest it.
+                raise _cannot_open(path, exc) from None
             raise StoreError(
                 f"{path} is not a usable imgclusterd store ({exc}); "
                 "run again with --reset-store to rebuild it (photos are not touched)"
@@ -351,3 +371,39 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
         )
+
+
+def _uri(path: Path, mode: str) -> str:
+    """An SQLite URI for ``path``, percent-quoted.
+
+    Unquoted, ``#`` starts a fragment and ``?`` the query, so a folder named ``st#x`` meant the
+    file ``st`` and lost ``mode=ro`` (``status`` then created and wrote the wrong file); ``%``
+    would be decoded. Quoting the bytes (not the str) also keeps non-UTF-8 names intact. The
+    path is made absolute so the URI is always ``file:///...`` with an empty authority (a path
+    starting with ``//`` would otherwise be read as a host name).
+    """
+    quoted = quote(os.fsencode(path.absolute()), safe="/")
+    return f"file://{quoted}?mode={mode}"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _is_access_error(exc: sqlite3.Error) -> bool:
+    """SQLITE_CANTOPEN or SQLITE_READONLY: the file system refused, the content is not at fault."""
+    # Extended codes (e.g. SQLITE_READONLY_DIRECTORY) carry the primary code in the low byte;
+    # errors raised by the sqlite3 module itself have no code at all.
+    code = getattr(exc, "sqlite_errorcode", 0)
+    return code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+
+
+def _cannot_open(path: Path, exc: sqlite3.Error) -> StoreError:
+    # SQLite does not tell the OS reason ("unable to open database file"), so name the usual
+    # causes; a sqlite error that is not about access is passed on as it is.
+    if _is_access_error(exc):
+        return StoreError(
+            f"cannot open the store {path}: {exc} "
+            "(check that its folder exists and is writable by this user)"
+        )
+    return StoreError(f"cannot open the store {path}: {exc}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,71 @@ def test_readonly_reader_while_writer_holds_a_transaction(tmp_path: Path) -> Non
     writer.close()
     with pytest.raises(StoreError):
         Store.open(tmp_path / "missing.sqlite", readonly=True)
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_readonly_open_quotes_the_path_and_creates_nothing(tmp_path: Path) -> None:
+    # Unquoted, "file:.../st#x ?y%41/store.sqlite?mode=ro" meant the file ".../st", opened
+    # read-write: status created a stray file next to the state dir.
+    state = tmp_path / "st#x ?y%41" / "inner #?%"
+    with Store.open(state / "s.sqlite") as store, store.transaction():
+        store.put_unreadable("a.jpg", FACTS, "why", 0)
+    # The WAL reader may leave its own -wal/-shm next to the store; nothing anywhere else.
+    reader_files = {
+        str((state / "s.sqlite-wal").relative_to(tmp_path)),
+        str((state / "s.sqlite-shm").relative_to(tmp_path)),
+    }
+    before = _tree(tmp_path)
+    with Store.open(state / "s.sqlite", readonly=True) as reader:
+        assert reader.counts()["unreadable"] == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader._db.execute("DELETE FROM files")
+    with pytest.raises(StoreError, match="no store"):
+        Store.open(state / "missing.sqlite", readonly=True)
+    with pytest.raises(StoreError, match="no store"):
+        Store.open(tmp_path / "st#y" / "s.sqlite", readonly=True)
+    assert _tree(tmp_path) - reader_files == before - reader_files
+
+
+def test_store_folder_through_a_regular_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "some_file").write_text("x")
+    with pytest.raises(StoreError, match=r"cannot create the store folder .*some_file/st: "):
+        Store.open(tmp_path / "some_file" / "st" / "s.sqlite")
+    with pytest.raises(StoreError) as info:
+        Store.open(tmp_path / "some_file" / "s.sqlite")  # the folder itself is a file
+    assert info.value.exit_code == 74
+    assert "some_file" in str(info.value)
+
+
+def test_unwritable_file_system_is_a_store_error(tmp_path: Path) -> None:
+    """A real read-only tmpfs (mounting needs root; skipped where it cannot be done)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        with pytest.raises(StoreError, match=r"cannot create the store folder .*: Read-only"):
+            Store.open(mount / "st" / "s.sqlite")
+        with pytest.raises(StoreError, match=r"cannot open the store .*ro/s\.sqlite"):
+            Store.open(mount / "s.sqlite")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes, so nothing is denied")
+def test_permission_denied_is_a_store_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)  # readable, not writable
+    try:
+        with pytest.raises(StoreError, match=r"cannot create the store folder .*Permission"):
+            Store.open(locked / "st" / "s.sqlite")
+        with pytest.raises(StoreError, match=r"cannot open the store .*locked/s\.sqlite"):
+            Store.open(locked / "s.sqlite")  # the folder exists; the database cannot be made
+    finally:
+        locked.chmod(0o700)
