@@ -221,7 +221,7 @@ def reset_store(config: Config) -> None:
 def cmd_scan(args: argparse.Namespace) -> int:
     from .errors import AlreadyRunning
     from .lock import InstanceLock
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, check_layout
     from .progress import ProgressPrinter
     from .status import LOCK_NAME
 
@@ -230,6 +230,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         # Checked before the store is created: a typo must not leave a store behind.
         raise ImagesFolderError(f"images folder {config.images} does not exist or is not a "
                                 "folder (set `images` in the config or pass --images)")
+    check_layout(config)  # before the lock file is made: never write inside the images folder
     # The daemon's lock: a scan beside a running daemon would race it for the store and the
     # output, and --reset-store must never pull the store from under a live daemon.
     try:

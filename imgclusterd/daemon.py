@@ -34,7 +34,7 @@ from .errors import ImagesFolderError, ImgclusterdError, OutputError
 from .filters import is_candidate
 from .lock import InstanceLock
 from .notify import Notifier, watchdog_interval
-from .pipeline import Pipeline, RefreshReport
+from .pipeline import Pipeline, RefreshReport, check_layout
 from .status import LOCK_NAME
 from .store import STORE_NAME
 from .watch import RootMissingError, Watcher
@@ -120,6 +120,11 @@ class Daemon:
         (``run --reset-store`` sets the old store aside there, never under a live daemon).
         """
         self._install_signal_handlers()
+        try:
+            check_layout(self.config)  # before the lock file: never write inside the images
+        except ImgclusterdError as exc:
+            self.notifier.status(f"error: {exc}")
+            raise
         lock = InstanceLock(self.config.store_dir / LOCK_NAME)
         lock.acquire()  # AlreadyRunning("already running (pid N)") before touching anything
         self._lock = lock

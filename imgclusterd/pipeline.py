@@ -30,7 +30,7 @@ from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport
 from .pool import HashPool
 from .store import STORE_NAME, Store
 
-__all__ = ["SETTLE_SECONDS", "Pipeline", "Progress", "RefreshReport"]
+__all__ = ["SETTLE_SECONDS", "Pipeline", "Progress", "RefreshReport", "check_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Pipeline:
             exif_transpose=config.exif_transpose,
             max_image_pixels=config.max_image_pixels or None,
         )
-        _check_layout(config)
+        check_layout(config)
         self.writer = OutputWriter(
             config.output,
             keep_generations=config.keep_generations,
@@ -445,7 +445,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_layout(config: Config) -> None:
+def check_layout(config: Config) -> None:
     """The store and the output never live inside the images folder: imgclusterd never writes
     there, and a watcher that sees its own writes would loop."""
     for key, path in (("output", config.output), ("state_dir", config.store_dir)):
