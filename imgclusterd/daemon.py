@@ -222,6 +222,8 @@ class Daemon:
             self.debouncer.request_rescan("retrying the output")
         if self.state.phase != "waiting" and self.debouncer.due():
             self._refresh()
+        elif self.state.phase == "idle" and not self.debouncer.pending():
+            self._prepare_spares()
         self.state.pending = len(self.debouncer)
         self._heartbeat()
 
@@ -268,6 +270,25 @@ class Daemon:
             "idle",
             message=f"idle: {report.images:,} images, refreshed {when}",
         )
+
+    def _prepare_spares(self) -> None:
+        """Spend idle time making the next refresh cheap: spare copies of the output folders
+        the last refresh changed, patched by the next one instead of rewritten whole (see
+        OutputWriter.prepare_spares). Any new event stops it at once."""
+        if self.pipeline is None:
+            return
+
+        def should_stop() -> bool:
+            return self.stop.is_set() or self.debouncer.pending()
+
+        def progress() -> None:
+            self._ping()
+            self._heartbeat()
+
+        try:
+            self.pipeline.writer.prepare_spares(should_stop, progress)
+        except Exception as exc:  # an optimisation: never a reason to stop the daemon
+            log.warning("could not prepare spare output folders: %s", exc)
 
     def _retry_later(self, message: str, paths: Any) -> None:
         log.error("%s (retrying in %.0f s)", message, _OUTPUT_RETRY)

@@ -18,6 +18,8 @@ it::
     generations/g<seq>-<ms>-<gdigest>/   a real directory: ``<algo> -> ../../objects/<algo obj>``
     pool/<digest>~<slot>~<thr>~<algo>    garbage kept one write for recycling (see below)
     tmp/                    objects, generations and symlinks under construction
+    links/<xx>/<key>        one symlink inode per (name, target); every entry of every object
+                            is a hard link to one of these (see :mod:`imgclusterd.linkstore`)
 
 An object's digest is a hash of exactly what is on disk in it (entry names and symlink targets or
 file contents), so equal content is stored once: the same cluster at consecutive thresholds, and
@@ -70,8 +72,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from imgclusterd.errors import OutputError
+from imgclusterd.linkstore import LinkStore
 
 __all__ = [
     "Link",
@@ -93,6 +97,7 @@ _RECYCLE_CANDIDATES = 3
 #: A leaf in the pool is found again by its first few member names (its identity, mostly).
 _IDENTITY_NAMES = 2
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks during a write
+_SWEEP_LINKS_AFTER = 50_000  # new link-store entries between two sweeps of it
 
 _MARKER = "MARKER"
 _MARKER_TEXT = "imgclusterd output area v1\n"
@@ -100,7 +105,7 @@ _DIGEST_LEN = 32
 _DIGEST_RE = re.compile(r"[0-9a-f]{32}\Z")
 _GEN_RE = re.compile(r"g(\d{8,})-(\d+)-([0-9a-f]{16})\Z")
 _POOL_RE = re.compile(r"([0-9a-f]{32})~([a-z0-9]+)~(-?\d+)~(.+)\Z", re.S)
-_TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-")
+_TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-", "spare-")
 _THR_RE = re.compile(r"thr_(-?\d+)_unclustered_\d+\Z")
 _CLUSTER_RE = re.compile(r"(\d+)_\d+\Z")
 
@@ -108,9 +113,12 @@ _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
-@dataclass(frozen=True)
-class Link:
-    """One image in one folder: ``name`` (``<stem>_<hexhash><ext>``) -> absolute ``target``."""
+class Link(NamedTuple):
+    """One image in one folder: ``name`` (``<stem>_<hexhash><ext>``) -> absolute ``target``.
+
+    A named tuple rather than a dataclass: folders are compared and hashed as tuples of
+    thousands of links on every refresh, and tuple hashing stays in C.
+    """
 
     name: str
     target: str
@@ -202,17 +210,13 @@ def _check_name(name: str, what: str) -> None:
 
 def folder_links(links: Sequence[Link]) -> dict[str, str]:
     """The entries of one folder, name -> target, with names made unique (see module doc)."""
-    entries = {link.name: link.target for link in links}
-    duplicates = len(entries) != len(links)
-    for link in links:
-        _check_name(link.name, "link name")
-        if not os.path.isabs(link.target) or "\0" in link.target:
-            raise ValueError(f"link target {link.target!r} is not an absolute path")
-    if not duplicates:
+    entries = dict(links)
+    _validate(entries)
+    if len(entries) == len(links):
         return entries
     taken = set(entries)
     entries = {}
-    for link in sorted(links, key=lambda item: (item.name, item.target)):
+    for link in sorted(links):  # by name, then target
         name = link.name
         if name in entries:
             k = 2
@@ -221,6 +225,28 @@ def folder_links(links: Sequence[Link]) -> dict[str, str]:
             taken.add(name)
         entries[name] = link.target
     return entries
+
+
+# Names and targets already found valid: a refresh re-checks only what is new (set difference
+# in C), not the ~N x thresholds entries of every changed folder. Cleared when large.
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_TARGETS: set[str] = set()
+_CHECKED_MAX = 2_000_000
+
+
+def _validate(entries: Mapping[str, str]) -> None:
+    names = entries.keys() - _CHECKED_NAMES
+    targets = set(entries.values()) - _CHECKED_TARGETS
+    for name in names:
+        _check_name(name, "link name")
+    for target in targets:
+        if not os.path.isabs(target) or "\0" in target:
+            raise ValueError(f"link target {target!r} is not an absolute path")
+    if len(_CHECKED_NAMES) + len(names) > _CHECKED_MAX:
+        _CHECKED_NAMES.clear()
+        _CHECKED_TARGETS.clear()
+    _CHECKED_NAMES.update(names)
+    _CHECKED_TARGETS.update(targets)
 
 
 def _digest(links: Mapping[str, str], files: Mapping[str, bytes] | None = None) -> str:
@@ -316,12 +342,16 @@ class OutputWriter:
         self._generations = self.area / "generations"
         self._pool = self.area / "pool"
         self._tmp = self.area / "tmp"
+        # Every symlink entry is a hard link to one inode per (name, target): see linkstore.
+        self._links = LinkStore(self.area / "links")
         # Objects are immutable, so what we learn about one stays true: digest -> children
         # (algorithm and threshold objects), and the last write's folders -> (digest, entries).
         self._children: dict[str, list[tuple[str, str]]] = {}
         self._leaf_memo: dict[tuple[Link, ...], tuple[str, dict[str, str]]] = {}
         # digest -> symlinks of leaf and threshold objects we planned (to diff pool objects)
         self._contents: dict[str, dict[str, str]] = {}
+        # Objects the last write changed, to copy into the pool while idle (prepare_spares).
+        self._spare_wanted: list[tuple[str, _Role]] = []
 
     # ------------------------------------------------------------------ ownership
 
@@ -400,7 +430,11 @@ class OutputWriter:
                     f"another imgclusterd process is writing {self.output}; "
                     f"only one writer per output"
                 ) from None
-            yield
+            self._links.open()
+            try:
+                yield
+            finally:
+                self._links.close()
         finally:
             os.close(fd)
 
@@ -420,7 +454,7 @@ class OutputWriter:
         """
         started = time.perf_counter()
         self.check()
-        objects, generation_links, top_files = self._plan(tree, extra_files or {})
+        objects, generation_links, top_files = self._plan(tree, extra_files or {}, progress)
         gen_digest = _digest(generation_links, top_files)[:16]
         counts = _Counts()
         sync_seconds = gc_seconds = 0.0
@@ -440,7 +474,8 @@ class OutputWriter:
                     counts.reused = len(objects)
                 else:
                     swapped = True
-                    self._build_objects(objects, counts, progress)
+                    self._spare_wanted = []
+                    self._build_objects(objects, counts, progress, spares=current is not None)
                     name = self._next_name(gen_digest)
                     counts.links += self._build_generation(name, generation_links, top_files)
                     sync_started = time.perf_counter()
@@ -496,6 +531,52 @@ class OutputWriter:
             "the previous output, if any, stays as it was"
         )
 
+    def prepare_spares(
+        self, should_stop: Callable[[], bool], progress: Callable[[], None] | None = None
+    ) -> int:
+        """While idle: copy into ``pool/`` the folders the last write changed; return links.
+
+        Why: with one photo added, every threshold's unclustered folder (or the cluster that
+        took it) changes, and a changed folder must be a new directory -- readers may still be
+        inside the old one. Patching a retired copy costs the difference, but retired copies
+        only exist once old generations pass their grace period. A spare made in idle time
+        is such a copy ahead of time, so the next refresh patches instead of rewriting
+        (N=5,000: ~800,000 links rewritten per added photo otherwise). Stops, keeping the
+        rest for later, as soon as ``should_stop()`` says work is waiting.
+        """
+        wanted, self._spare_wanted = self._spare_wanted, []
+        if not wanted or not self._area_is_ours():
+            return 0
+        links = 0
+        try:
+            with self._locked():
+                present = set(os.listdir(self._pool))
+                for index, (digest, role) in enumerate(wanted):
+                    if should_stop():
+                        self._spare_wanted = wanted[index:]
+                        break
+                    algo, slot, threshold = role
+                    name = f"{digest}~{slot}~{threshold}~{algo}"
+                    entries = self._contents.get(digest)
+                    if entries is None or name in present or not (self._objects / digest).is_dir():
+                        continue
+                    staging = self._tmp / f"spare-{digest}"
+                    self._write_object_at(staging, entries, {})
+                    os.rename(staging, self._pool / name)
+                    present.add(name)
+                    links += len(entries)
+                    if progress is not None:
+                        progress()
+        except OutputError:
+            pass  # another writer holds the lock: it will not need our spares
+        except OSError as exc:  # a full disk, say: spares are an optimisation only
+            log.warning("could not prepare spare output folders: %s", exc)
+            with contextlib.suppress(OSError):
+                self._remove_leftovers()
+        if links:
+            log.debug("prepared spare folders: %d links", links)
+        return links
+
     def cleanup(self) -> None:
         """Remove interrupted leftovers and generations beyond keep/grace; safe at start-up."""
         self.check()
@@ -506,16 +587,24 @@ class OutputWriter:
                 sub.mkdir(exist_ok=True)
             with self._locked():
                 self._remove_leftovers()
-                self._collect(purge=set())
+                self._collect(purge=set(), sweep_links=True)
         except OSError as exc:  # tidying only: the current output is complete either way
             log.warning("could not clean up %s: %s", self.area, exc)
 
     # ------------------------------------------------------------------ planning (pure)
 
     def _plan(
-        self, tree: OutputTree, extra_files: Mapping[str, bytes]
+        self,
+        tree: OutputTree,
+        extra_files: Mapping[str, bytes],
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[dict[str, _Object], dict[str, str], dict[str, bytes]]:
-        """Every object the tree needs (children first), the generation's links and files."""
+        """Every object the tree needs (children first), the generation's links and files.
+
+        Hashing millions of link names takes seconds at tens of thousands of photos, so this
+        reports ``progress(0, 0)`` too (the daemon's watchdog pings ride on it).
+        """
+        reported = time.monotonic()
         algo_files: dict[str, dict[str, bytes]] = {}
         top_files: dict[str, bytes] = {}
         for path, content in extra_files.items():
@@ -552,6 +641,9 @@ class OutputWriter:
             algo_links: dict[str, str] = {}
             thresholds: set[int] = set()
             for folder in tree.get(algo, ()):
+                if progress is not None and time.monotonic() - reported >= _PROGRESS_EVERY:
+                    reported = time.monotonic()
+                    progress(0, 0)
                 t = folder.threshold
                 entries: dict[str, str] = {}
                 for i, cluster in enumerate(folder.clusters, 1):
@@ -583,6 +675,7 @@ class OutputWriter:
         objects: dict[str, _Object],
         counts: _Counts,
         progress: Callable[[int, int], None] | None = None,
+        spares: bool = False,
     ) -> None:
         existing = set(os.listdir(self._objects))
         pool = self._pool_index()
@@ -603,6 +696,10 @@ class OutputWriter:
                 counts.reused += 1
                 continue
             recyclable = not obj.files and len(obj.links) >= RECYCLE_MIN and obj.role is not None
+            if recyclable and spares and obj.role is not None:
+                # Changed now, so likely to change again: a spare copy makes that a patch.
+                # (Not on the first write of an area: there is no sign yet of what changes.)
+                self._spare_wanted.append((digest, obj.role))
             if recyclable and self._recycle(digest, obj, pool, counts):
                 continue
             self._write_object(digest, obj)
@@ -611,18 +708,24 @@ class OutputWriter:
 
     def _write_object(self, digest: str, obj: _Object) -> None:
         staging = self._tmp / f"obj-{digest}"
+        self._write_object_at(staging, obj.links, obj.files)
+        self._publish(staging, digest)
+
+    def _write_object_at(
+        self, staging: Path, links: Mapping[str, str], files: Mapping[str, bytes]
+    ) -> None:
+        """A fresh directory ``staging`` holding exactly these symlinks and files."""
         if os.path.lexists(staging):
             _remove(staging)
         staging.mkdir()
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name, target in obj.links.items():
-                os.symlink(target, name, dir_fd=fd)
-            for name, content in obj.files.items():
+            for name, target in links.items():
+                self._links.place(fd, name, target)
+            for name, content in files.items():
                 _write_file(fd, name, content)
         finally:
             os.close(fd)
-        self._publish(staging, digest)
 
     def _publish(self, staging: Path, digest: str) -> None:
         try:
@@ -709,13 +812,14 @@ class OutputWriter:
         if os.path.lexists(staging):
             _remove(staging)
         os.rename(self._pool / pooled.entry, staging)
-        self._contents.pop(pooled.digest, None)
+        # (its contents stay known: a spare's digest is still a live object; _collect forgets
+        # the digests that are gone)
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name in remove:
                 os.unlink(name, dir_fd=fd)
             for name in add:
-                os.symlink(obj.links[name], name, dir_fd=fd)
+                self._links.place(fd, name, obj.links[name])
         finally:
             os.close(fd)
         self._publish(staging, digest)
@@ -798,7 +902,7 @@ class OutputWriter:
             (kept if keep else dropped).append(name)
         return kept, dropped
 
-    def _collect(self, purge: set[str]) -> int:
+    def _collect(self, purge: set[str], sweep_links: bool = False) -> int:
         """Drop generations, pool what no kept generation reaches, purge ``purge``'s leftovers."""
         names = sorted(
             (e for e in os.listdir(self._generations) if _GEN_RE.match(e)),
@@ -838,6 +942,10 @@ class OutputWriter:
         alive.update(entry[:_DIGEST_LEN] for entry in os.listdir(self._pool))
         self._contents = {d: c for d, c in self._contents.items() if d in alive}
         self._children = {d: c for d, c in self._children.items() if d in alive}
+        if sweep_links or self._links.added >= _SWEEP_LINKS_AFTER:
+            # Photos moved or deleted leave link entries nobody uses; reclaim them now and
+            # then (a full sweep lstat()s every entry: ~1 per photo per algorithm).
+            deleted += self._links.sweep()
         return deleted
 
     def _peek_level(self, digest: str) -> int:

@@ -17,8 +17,15 @@ from imgclusterd.sample import make_sample
 
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int, int]]:
-    """sha256, mode and mtime of every entry under root (symlinks by their target text)."""
+    """sha256, mode and mtime of every entry under root (symlinks by their target text).
+
+    Folders count by their mtime, root included: a file created and removed again inside the
+    images folder (a temporary, a lock) leaves no entry behind but changes its folder's mtime.
+    """
     result: dict[str, tuple[str, int, int]] = {}
+    if root.is_dir():
+        st = root.lstat()
+        result["."] = ("dir", st.st_mode, st.st_mtime_ns)
     for directory, dirs, files in os.walk(root):
         for name in dirs + files:
             path = Path(directory, name)
@@ -33,7 +40,7 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int, int]]:
                     data = b"<no permission>"
                 result[rel] = (hashlib.sha256(data).hexdigest(), st.st_mode, st.st_mtime_ns)
             else:
-                result[rel] = ("dir", st.st_mode, 0)
+                result[rel] = ("dir", st.st_mode, st.st_mtime_ns)
     return result
 
 

@@ -340,6 +340,61 @@ def test_refreshes_recycle_retired_objects(tmp_path: Path) -> None:
     assert steady.links_removed < full / 10
 
 
+def test_spares_make_the_next_refresh_a_patch_within_the_grace_period(tmp_path: Path) -> None:
+    """Refreshes seconds apart: no generation has retired yet, so nothing can be recycled --
+    except the spare copies prepared in between."""
+    clock = Clock()
+    links = make_images(tmp_path / "images", 200)
+    writer = OutputWriter(tmp_path / "out", grace_seconds=600, clock=clock)
+    writer.write(chain_tree(links))
+    assert writer.prepare_spares(lambda: False) == 0  # first write: no sign of what changes
+    reports = []
+    for k in range(3):
+        links += make_images(tmp_path / f"new{k}", 1, prefix=f"NEW{k}_")
+        clock.now += 2
+        reports.append(writer.write(chain_tree(links)))
+        assert read_tree(str(tmp_path / "out")) == expected(chain_tree(links))
+        assert writer.prepare_spares(lambda: False) > 0
+    rewritten, patched = reports[0], reports[-1]
+    assert rewritten.objects_recycled == 0
+    assert patched.objects_recycled > 0
+    assert patched.links_written < rewritten.links_written / 10
+    assert len(generations(tmp_path / "out")) == 4  # all within the grace period: all kept
+
+
+def test_prepare_spares_stops_when_asked_and_resumes(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 100)
+    writer = OutputWriter(tmp_path / "out")
+    writer.write(chain_tree(links))
+    writer.write(chain_tree([*links, *make_images(tmp_path / "new", 1, prefix="NEW_")]))
+    area = area_path(tmp_path / "out")
+    assert writer.prepare_spares(lambda: True) == 0
+    assert os.listdir(area / "pool") == [] and os.listdir(area / "tmp") == []
+    assert writer.prepare_spares(lambda: False) > 0  # what was asked for is still wanted
+    assert os.listdir(area / "pool") and os.listdir(area / "tmp") == []
+
+
+def test_entries_share_one_inode_per_name_and_target(tmp_path: Path) -> None:
+    """Hard links to one symlink inode per (name, target): readers see plain symlinks."""
+    links = make_images(tmp_path / "images", 30)
+    writer = OutputWriter(tmp_path / "out")
+    writer.write(chain_tree(links))
+    root = os.path.realpath(tmp_path / "out")
+    inodes: dict[tuple[str, str], set[int]] = {}
+    entries = 0
+    for directory, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            entries += 1
+            path = os.path.join(directory, name)
+            st_ = os.lstat(path)
+            assert os.path.islink(path) and st_.st_nlink >= 2
+            inodes.setdefault((name, os.readlink(path)), set()).add(st_.st_ino)
+    assert all(len(found) == 1 for found in inodes.values())
+    assert len(inodes) == 30  # one per photo (chain_tree names them alike in both algorithms)
+    assert entries > 10 * len(inodes)  # ... listed in many folders
+    assert read_tree(str(tmp_path / "out")) == expected(chain_tree(links))
+
+
 # ---------------------------------------------------------------------- generations
 
 
