@@ -89,6 +89,7 @@ class Config(BaseModel):
     decode: Literal["exact", "fast"] = "exact"
     exif_transpose: bool = True
     max_image_pixels: int = Field(default=89_478_485, ge=0)  # Pillow's default; 0 = no limit
+    max_file_mb: int = Field(default=1024, ge=0)  # a worker reads the whole file; 0 = no limit
     # output
     keep_generations: int = Field(default=2, ge=2, le=100)
     generation_grace: float = Field(default=60.0, ge=0)

@@ -72,6 +72,7 @@ class HashPlan:
     decode: Literal["exact", "fast"] = "exact"
     exif_transpose: bool = True
     max_image_pixels: int | None = PILLOW_DEFAULT_MAX_PIXELS  # None disables the bomb check
+    max_file_bytes: int | None = None  # larger files are not read (memory per worker)
 
     def __post_init__(self) -> None:
         # Fail at configuration time, not once per file inside a worker.
@@ -136,19 +137,26 @@ def file_digest(path: str) -> bytes:
 
 def hash_file(path: str, plan: HashPlan) -> HashResult:
     """Read, decode and hash one file. Never raises for a bad, changing or vanished file."""
-    read = _read(path)
+    read = _read(path, plan.max_file_bytes)
     if isinstance(read, HashResult):
         return read
     before, data = read
     return _hash_read(path, plan, before, data)
 
 
-def _read(path: str) -> tuple[os.stat_result, bytes] | HashResult:
+def _read(path: str, max_bytes: int | None = None) -> tuple[os.stat_result, bytes] | HashResult:
     """Step 1: stat, then read the whole file into memory (one read: decode and digest agree)."""
     try:
         before = os.stat(path)
         if not stat.S_ISREG(before.st_mode):
             return HashResult(path, FileFacts.from_stat(before), None, error="not a regular file")
+        if max_bytes is not None and before.st_size > max_bytes:
+            # Bounded memory per worker: the file is never read, so it gets no digest.
+            return HashResult(
+                path, FileFacts.from_stat(before), None,
+                error=f"too large to hash ({before.st_size / 2**20:,.0f} MB; the limit is "
+                f"max_file_mb = {max_bytes // 2**20})",
+            )  # fmt: skip
         with open(path, "rb") as f:
             return before, f.read()
     except OSError as exc:

@@ -101,6 +101,7 @@ class Pipeline:
             decode=config.decode,
             exif_transpose=config.exif_transpose,
             max_image_pixels=config.max_image_pixels or None,
+            max_file_bytes=config.max_file_mb * 2**20 or None,
         )
         check_layout(config)
         self.writer = OutputWriter(

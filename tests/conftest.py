@@ -94,3 +94,10 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
         [sys.executable, "-m", "imgclusterd", *args],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the systemd service tests last: their user manager holds inotify watches, this
+    machine allows 3 per user, and the kernel hands them back only some time after it stops --
+    the watcher tests must not run in its wake."""
+    items.sort(key=lambda item: item.path.name == "test_service.py")

@@ -555,3 +555,23 @@ def test_store_on_a_network_filesystem_is_refused(workspace: Workspace,
     with pytest.raises(ConfigError, match=r"state_dir: .* network filesystem \(nfs4\)"):
         pipeline_module.Pipeline(config)
     assert not (state / "store.sqlite").exists()
+
+
+def test_file_over_the_size_limit_is_not_read(tmp_path: Path) -> None:
+    """Memory per worker is bounded: a file above ``max_file_mb`` gets a reason, unread."""
+    images = tmp_path / "images"
+    images.mkdir()
+    put(images, "fine.jpg", encode(smooth(7), "JPEG"))
+    big = Image.effect_noise((1100, 1100), 80).convert("RGB")  # incompressible: > 1 MB as PNG
+    put(images, "huge.png", encode(big, "PNG"))
+    assert (images / "huge.png").stat().st_size > 2**20
+    config = write_config(tmp_path / "cfg.toml", images, tmp_path / "out", tmp_path / "st",
+                          max_file_mb=1)
+    before = tree_digest(images)
+    result = run_cli("scan", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "unreadable: huge.png: too large to hash" in result.stderr
+    assert "max_file_mb = 1" in result.stderr
+    records = store_records(tmp_path / "st")
+    assert records["huge.png"].status == "unreadable" and records["fine.jpg"].status == "hashed"
+    assert tree_digest(images) == before

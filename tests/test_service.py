@@ -272,7 +272,9 @@ def _private_cgroups(name: str) -> list[Path]:
     return made
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the manager holds inotify watches, and this machine allows 3 per
+# user -- left running, it would leave none for the watcher tests that come after this module.
+@pytest.fixture(scope="module")
 def user_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserManager]:
     if not sys.platform.startswith("linux"):
         pytest.skip("systemd user services exist only on Linux")
