@@ -11,6 +11,10 @@ subprocess, the 14 default algorithms), then
          refresh on the output writer recycles retired folders (its steady state).
   +500   500 photos dropped at once; the refreshes until all are in the output are counted.
 
+Between single drops the daemon is idle for ``--gap`` seconds (default: debounce + 2 polls). In
+idle time it prepares spare copies of the folders its last refresh changed; a gap long enough
+for those to finish shows the steady state of photos arriving one by one.
+
 Photos are 64x64 smooth random JPEGs: hashing cost per photo is not the point, refresh cost is.
 
     /tmp/venv/bin/python -m benchmarks.bench_daemon --n 1000 5000 20000 --dir /tmp/bench_daemon
@@ -192,7 +196,8 @@ def bench(n: int, args: argparse.Namespace) -> None:
         count = n
         results = []
         for index, staged in enumerate(singles):
-            time.sleep(args.debounce + 2 * args.poll_interval)  # quiet before the drop
+            time.sleep(args.gap if args.gap is not None
+                       else args.debounce + 2 * args.poll_interval)  # quiet before the drop
             parts = drop_one(daemon, root, staged, args.debounce)
             count += 1
             daemon.wait(lambda c=count: daemon.settled(c), 120, step=0.2)
@@ -235,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep an existing folder and store (skip the initial index)")
     parser.add_argument("--repeat", type=int, default=4, help="single-photo drops per N")
     parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--gap", type=float, default=None,
+                        help="seconds idle before each single drop (default: debounce + 2 polls);"
+                        " a longer gap lets the daemon finish its spare folders first")
     parser.add_argument("--debounce", type=float, default=0.5)
     parser.add_argument("--max-delay", type=float, default=10.0)
     parser.add_argument("--poll-interval", type=float, default=0.5)

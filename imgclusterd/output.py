@@ -350,6 +350,7 @@ class OutputWriter:
         self._leaf_memo: dict[tuple[Link, ...], tuple[str, dict[str, str]]] = {}
         # digest -> symlinks of leaf and threshold objects we planned (to diff pool objects)
         self._contents: dict[str, dict[str, str]] = {}
+        self._reach: dict[str, frozenset[str]] = {}  # generation -> digests (see _reachable)
         # Objects the last write changed, to copy into the pool while idle (prepare_spares).
         self._spare_wanted: list[tuple[str, _Role]] = []
 
@@ -547,6 +548,8 @@ class OutputWriter:
         wanted, self._spare_wanted = self._spare_wanted, []
         if not wanted or not self._area_is_ours():
             return 0
+        # Biggest first: if the next event interrupts us, the costliest rewrites are covered.
+        wanted.sort(key=lambda item: -len(self._contents.get(item[0], ())))
         links = 0
         try:
             with self._locked():
@@ -561,7 +564,7 @@ class OutputWriter:
                     if entries is None or name in present or not (self._objects / digest).is_dir():
                         continue
                     staging = self._tmp / f"spare-{digest}"
-                    self._write_object_at(staging, entries, {})
+                    self._write_object_at(staging, entries, {}, shared=role[1] != "t")
                     os.rename(staging, self._pool / name)
                     present.add(name)
                     links += len(entries)
@@ -708,20 +711,30 @@ class OutputWriter:
 
     def _write_object(self, digest: str, obj: _Object) -> None:
         staging = self._tmp / f"obj-{digest}"
-        self._write_object_at(staging, obj.links, obj.files)
+        self._write_object_at(staging, obj.links, obj.files, shared=obj.level == 2)
         self._publish(staging, digest)
 
     def _write_object_at(
-        self, staging: Path, links: Mapping[str, str], files: Mapping[str, bytes]
+        self,
+        staging: Path,
+        links: Mapping[str, str],
+        files: Mapping[str, bytes],
+        shared: bool = True,
     ) -> None:
-        """A fresh directory ``staging`` holding exactly these symlinks and files."""
+        """A fresh directory ``staging`` holding exactly these symlinks and files.
+
+        ``shared``: entries are hard links into the link store. Only for photo links (leaf
+        folders): a threshold folder's ``001_5 -> ../<digest>`` is rarely repeated, and
+        storing each once more would only grow the store.
+        """
         if os.path.lexists(staging):
             _remove(staging)
         staging.mkdir()
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        place = self._links.place if shared else _symlink
         try:
             for name, target in links.items():
-                self._links.place(fd, name, target)
+                place(fd, name, target)
             for name, content in files.items():
                 _write_file(fd, name, content)
         finally:
@@ -815,11 +828,12 @@ class OutputWriter:
         # (its contents stay known: a spare's digest is still a live object; _collect forgets
         # the digests that are gone)
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        place = self._links.place if obj.level == 2 else _symlink
         try:
             for name in remove:
                 os.unlink(name, dir_fd=fd)
             for name in add:
-                self._links.place(fd, name, obj.links[name])
+                place(fd, name, obj.links[name])
         finally:
             os.close(fd)
         self._publish(staging, digest)
@@ -917,7 +931,8 @@ class OutputWriter:
             self._drop_generation(name)
         reachable: set[str] = set()
         for name in kept:
-            reachable.update(digest for digest, _, _ in self._walk(name))
+            reachable |= self._reachable(name)
+        self._reach = {name: self._reach[name] for name in kept if name in self._reach}
         deleted = 0
         garbage = [d for d in os.listdir(self._objects) if _DIGEST_RE.match(d)]
         garbage = [d for d in garbage if d not in reachable]
@@ -947,6 +962,14 @@ class OutputWriter:
             # then (a full sweep lstat()s every entry: ~1 per photo per algorithm).
             deleted += self._links.sweep()
         return deleted
+
+    def _reachable(self, generation: str) -> frozenset[str]:
+        """Every object digest a generation reaches (memoised: generations never change)."""
+        found = self._reach.get(generation)
+        if found is None:
+            found = frozenset(digest for digest, _, _ in self._walk(generation))
+            self._reach[generation] = found
+        return found
 
     def _peek_level(self, digest: str) -> int:
         """Level of an object we know nothing about, from its first entry (GC ordering only)."""
@@ -994,6 +1017,10 @@ class OutputWriter:
                 return []
             self._children[digest] = children
         return children
+
+
+def _symlink(dir_fd: int, name: str, target: str) -> None:
+    os.symlink(target, name, dir_fd=dir_fd)
 
 
 def _write_file(dir_fd: int, name: str, content: bytes) -> None:
