@@ -476,7 +476,7 @@ class OutputWriter:
                 else:
                     swapped = True
                     self._spare_wanted = []
-                    self._build_objects(objects, counts, progress, spares=current is not None)
+                    self._build_objects(objects, counts, progress)
                     name = self._next_name(gen_digest)
                     counts.links += self._build_generation(name, generation_links, top_files)
                     sync_started = time.perf_counter()
@@ -678,7 +678,6 @@ class OutputWriter:
         objects: dict[str, _Object],
         counts: _Counts,
         progress: Callable[[int, int], None] | None = None,
-        spares: bool = False,
     ) -> None:
         existing = set(os.listdir(self._objects))
         pool = self._pool_index()
@@ -699,9 +698,8 @@ class OutputWriter:
                 counts.reused += 1
                 continue
             recyclable = not obj.files and len(obj.links) >= RECYCLE_MIN and obj.role is not None
-            if recyclable and spares and obj.role is not None:
-                # Changed now, so likely to change again: a spare copy makes that a patch.
-                # (Not on the first write of an area: there is no sign yet of what changes.)
+            if recyclable and obj.role is not None:
+                # Written now, so likely to change again: a spare copy makes that a patch.
                 self._spare_wanted.append((digest, obj.role))
             if recyclable and self._recycle(digest, obj, pool, counts):
                 continue

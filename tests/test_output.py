@@ -346,16 +346,15 @@ def test_spares_make_the_next_refresh_a_patch_within_the_grace_period(tmp_path: 
     clock = Clock()
     links = make_images(tmp_path / "images", 200)
     writer = OutputWriter(tmp_path / "out", grace_seconds=600, clock=clock)
-    writer.write(chain_tree(links))
-    assert writer.prepare_spares(lambda: False) == 0  # first write: no sign of what changes
-    reports = []
+    first = writer.write(chain_tree(links))
+    reports = [first]
     for k in range(3):
         links += make_images(tmp_path / f"new{k}", 1, prefix=f"NEW{k}_")
         clock.now += 2
         reports.append(writer.write(chain_tree(links)))
         assert read_tree(str(tmp_path / "out")) == expected(chain_tree(links))
         assert writer.prepare_spares(lambda: False) > 0
-    rewritten, patched = reports[0], reports[-1]
+    rewritten, patched = reports[0], reports[-1]  # (the first write had no spares to patch)
     assert rewritten.objects_recycled == 0
     assert patched.objects_recycled > 0
     assert patched.links_written < rewritten.links_written / 10
