@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +44,20 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int, int]]:
             else:
                 result[rel] = ("dir", st.st_mode, st.st_mtime_ns)
     return result
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0,
+             step: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``. Deadlines
+    are generous: the machine is shared and nothing here asserts a duration."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
 
 
 class Workspace:

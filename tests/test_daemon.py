@@ -27,7 +27,7 @@ from PIL import Image
 from imgclusterd import status as status_module
 from imgclusterd.config import load_config
 
-from .conftest import Workspace, run_cli
+from .conftest import Workspace, run_cli, wait_for
 
 DEADLINE = 60.0  # seconds: generous, the machine is shared and noisy
 STEP = 0.2
@@ -38,18 +38,6 @@ GENERATION_RE = re.compile(r"\.[^/]+\.imgclusterd/generations/g\d{8,}-\d+-[0-9a-
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(STEP)
 
 
 def make_photos(folder: Path, count: int, seed: int, size: tuple[int, int] = (320, 240),

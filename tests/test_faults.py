@@ -25,7 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from imgclusterd import status as status_module
 from imgclusterd.config import load_config
 from imgclusterd.store import STORE_NAME
 
-from .conftest import Workspace, run_cli
+from .conftest import Workspace, run_cli, wait_for
 from .test_bad_input import (
     ALGORITHMS,
     encode,
@@ -87,18 +87,6 @@ sys.exit(main(args))
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE,
-             step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
 
 
 def add_photos(folder: Path, count: int, seed: int, size: tuple[int, int] = (320, 240),
