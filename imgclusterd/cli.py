@@ -327,7 +327,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sample import make_sample
 
-    written = make_sample(args.folder)
+    try:
+        written = make_sample(args.folder)
+    except OSError as exc:
+        raise ImgclusterdError(f"cannot write the sample photos into {args.folder}: "
+                               f"{exc.strerror or exc}") from exc
     print(f"wrote {len(written)} sample photos into {args.folder.resolve()}")
     return 0
 

@@ -23,7 +23,7 @@ import time
 import weakref
 from pathlib import Path
 
-from .errors import AlreadyRunning
+from .errors import AlreadyRunning, StoreError
 
 __all__ = ["InstanceLock", "holder_pid"]
 
@@ -52,8 +52,13 @@ class InstanceLock:
         """Take the lock or raise :class:`AlreadyRunning` naming the holder's pid."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already locked by this process")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # a path through a file, read-only, no permission: one line
+            raise StoreError(
+                f"cannot use the state folder {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
         try:
             deadline = time.monotonic() + _SETTLE_SECONDS
             while True:

@@ -154,3 +154,14 @@ def _points_at(fd: int, path: Path) -> bool:
         return os.readlink(f"/proc/self/fd/{fd}") == str(path)
     except OSError:
         return False
+
+
+def test_unusable_state_folder_is_a_store_error(tmp_path: Path) -> None:
+    """A state dir through a regular file: one clear error (exit 74), not a traceback."""
+    from imgclusterd.errors import StoreError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match=r"cannot use the state folder .*a_file/st: Not a dir"):
+        InstanceLock(blocker / "st" / "daemon.lock").acquire()
+    assert StoreError.exit_code == 74

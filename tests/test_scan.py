@@ -237,3 +237,13 @@ def test_missing_images_folder_and_bad_config_are_one_line_errors(tmp_path: Path
 def test_every_command_has_help(tmp_path: Path, command: str) -> None:
     result = run_cli(command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "usage: imgclusterd" in result.stdout
+
+
+def test_sample_into_an_impossible_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    result = run_cli("sample", str(tmp_path / "a_file" / "photos"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imgclusterd: error: cannot write the sample photos into "
+        f"{tmp_path / 'a_file' / 'photos'}: Not a directory"
+    ]
