@@ -44,7 +44,7 @@ __all__ = ["HEARTBEAT_EVERY", "Daemon"]
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeat rows while idle (status: stale after 90 s)
-_OUTPUT_RETRY = 30.0  # seconds before retrying after the output could not be written
+_RETRY_AFTER = 30.0  # seconds before retrying a refresh that failed (output or store)
 _WAITING_CHECK = 5.0  # seconds between looks for the images folder while waiting for it
 
 
@@ -97,7 +97,7 @@ class Daemon:
         self._last_heartbeat = 0.0
         self._last_status = ""
         self._next_rescan = 0.0
-        self._output_retry_at: float | None = None
+        self._retry_at: float | None = None
         from .debounce import Debouncer  # local: keeps the import list of the wiring visible
 
         self.debouncer = Debouncer(
@@ -121,38 +121,39 @@ class Daemon:
         """
         self._install_signal_handlers()
         try:
-            check_layout(self.config)  # before the lock file: never write inside the images
+            self._start(before_start)
+            self._loop()
         except ImgclusterdError as exc:
-            self.notifier.status(f"error: {exc}")
-            raise
-        lock = InstanceLock(self.config.store_dir / LOCK_NAME)
-        lock.acquire()  # AlreadyRunning("already running (pid N)") before touching anything
-        self._lock = lock
-        try:
-            if before_start is not None:
-                before_start()
-            try:
-                self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
-            except ImgclusterdError as exc:
-                # e.g. the output inside the images folder, a foreign output, a corrupt store:
-                # say it where `systemctl --user status` shows it, and keep that line on exit.
+            if self.pipeline is None:
+                # Could not start (output inside the images folder, a foreign output, a
+                # corrupt store, another daemon): say it where `systemctl --user status`
+                # shows it, and keep that line on the way out.
                 self.notifier.status(f"error: {exc}")
                 self._failed = True
-                raise
-            self._store_identity = self._identity()
-            self._start_watcher()
-            self.debouncer.request_rescan("start-up")
-            self._heartbeat(force=True)
-            self.notifier.ready(status="starting: first scan")
-            log.info(
-                "watching %s (%s), output %s",
-                self.config.images, self.state.watcher_mode or "waiting", self.config.output,
-            )
-            self._loop()
+            raise
         finally:
-            self._shutdown()
-            lock.release()
+            if self._lock is not None and self._lock.held:
+                self._shutdown()
+                self._lock.release()
         return 0
+
+    def _start(self, before_start: Callable[[], None] | None) -> None:
+        """Layout check, lock, store, watcher, then READY=1 (in this order, see run())."""
+        check_layout(self.config)  # before the lock file: never write inside the images
+        self._lock = InstanceLock(self.config.store_dir / LOCK_NAME)
+        self._lock.acquire()  # AlreadyRunning("already running (pid N)") before anything else
+        if before_start is not None:
+            before_start()
+        self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+        self._store_identity = self._identity()
+        self._start_watcher()
+        self.debouncer.request_rescan("start-up")
+        self._heartbeat(force=True)
+        self.notifier.ready(status="starting: first scan")
+        log.info(
+            "watching %s (%s), output %s",
+            self.config.images, self.state.watcher_mode or "waiting", self.config.output,
+        )
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP asks a rescan -- decided by a thread, not a handler.
@@ -217,9 +218,9 @@ class Daemon:
             self.debouncer.request_rescan("periodic rescan")
             # +-25 %, as Syncthing does: daemons of several folders do not all rescan together.
             self._next_rescan = now + self.config.rescan_interval * random.uniform(0.75, 1.25)
-        if self._output_retry_at is not None and now >= self._output_retry_at:
-            self._output_retry_at = None
-            self.debouncer.request_rescan("retrying the output")
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            self.debouncer.request_rescan("retrying a failed refresh")
         if self.state.phase != "waiting" and self.debouncer.due():
             self._refresh()
         elif self.state.phase == "idle" and not self.debouncer.pending():
@@ -291,9 +292,9 @@ class Daemon:
             log.warning("could not prepare spare output folders: %s", exc)
 
     def _retry_later(self, message: str, paths: Any) -> None:
-        log.error("%s (retrying in %.0f s)", message, _OUTPUT_RETRY)
+        log.error("%s (retrying in %.0f s)", message, _RETRY_AFTER)
         self._set_phase("idle", message=message)
-        self._output_retry_at = self.clock() + _OUTPUT_RETRY
+        self._retry_at = self.clock() + _RETRY_AFTER
         if paths:
             self.debouncer.add(paths)  # keep the batch: the retry must include it
 
@@ -388,7 +389,7 @@ class Daemon:
             self.debouncer.request_rescan("store recreated")
         elif (
             self.state.phase not in ("waiting", "starting")
-            and self._output_retry_at is None  # a failed write already retries on its own
+            and self._retry_at is None  # a failed write already retries on its own
             and not os.path.lexists(self.config.output)
         ):
             log.warning("the output %s was deleted; writing it again", self.config.output)

@@ -22,15 +22,12 @@ import errno
 import hashlib
 import logging
 import os
-import sys
 from pathlib import Path
 
 __all__ = ["LinkStore"]
 
 log = logging.getLogger(__name__)
 
-_FS_ENCODING = sys.getfilesystemencoding()
-_FS_ERRORS = sys.getfilesystemencodeerrors()
 # Hard links unsupported or not allowed here: stop trying for this store.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EACCES}
 
@@ -59,7 +56,7 @@ class LinkStore:
         if not self.hard_links or self._fd is None:
             os.symlink(target, name, dir_fd=dir_fd)
             return
-        key = hashlib.sha256(_enc(name) + b"\0" + _enc(target)).hexdigest()[:32]
+        key = hashlib.sha256(os.fsencode(name) + b"\0" + os.fsencode(target)).hexdigest()[:32]
         canonical = f"{key[:2]}/{key}"
         for attempt in range(2):
             try:
@@ -109,7 +106,3 @@ class LinkStore:
                             pass
         self.added = 0
         return removed
-
-
-def _enc(text: str) -> bytes:
-    return text.encode(_FS_ENCODING, _FS_ERRORS)

@@ -67,7 +67,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,8 +108,6 @@ _TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-", "spare-")
 _THR_RE = re.compile(r"thr_(-?\d+)_unclustered_\d+\Z")
 _CLUSTER_RE = re.compile(r"(\d+)_\d+\Z")
 
-_FS_ENCODING = sys.getfilesystemencoding()
-_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 class Link(NamedTuple):
@@ -159,17 +156,13 @@ def area_path(output: Path) -> Path:
     return output.parent / f".{output.name}.imgclusterd"
 
 
-def _enc(text: str) -> bytes:
-    return text.encode(_FS_ENCODING, _FS_ERRORS)
-
-
 def _truncate(text: str, limit: int) -> str:
     """The longest prefix of ``text`` whose file-system encoding fits ``limit`` bytes."""
-    if len(_enc(text)) <= limit:
+    if len(os.fsencode(text)) <= limit:
         return text
     used = 0
     for i, char in enumerate(text):
-        used += len(_enc(char))
+        used += len(os.fsencode(char))
         if used > limit:
             return text[:i]
     return text
@@ -178,9 +171,9 @@ def _truncate(text: str, limit: int) -> str:
 def _cap(stem: str, tail: str) -> str:
     """``stem + tail`` in at most 255 bytes: shorten the stem, and the tail only if it must."""
     name = stem + tail
-    if len(_enc(name)) <= NAME_MAX:
+    if len(os.fsencode(name)) <= NAME_MAX:
         return name
-    budget = NAME_MAX - len(_enc(tail))
+    budget = NAME_MAX - len(os.fsencode(tail))
     if budget < 0:  # an absurd extension: keep what fits, from the start of the tail
         return _truncate(tail, NAME_MAX)
     return _truncate(stem, budget) + tail
@@ -204,7 +197,7 @@ def _numbered(name: str, k: int) -> str:
 def _check_name(name: str, what: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"{what} {name!r} is not a valid file name")
-    if len(_enc(name)) > NAME_MAX:
+    if len(os.fsencode(name)) > NAME_MAX:
         raise ValueError(f"{what} {name!r} is longer than {NAME_MAX} bytes")
 
 
@@ -256,7 +249,7 @@ def _digest(links: Mapping[str, str], files: Mapping[str, bytes] | None = None) 
         parts += ("L", name, links[name])
     for name in sorted(files or {}):
         parts += ("F", name, hashlib.sha256(files[name]).hexdigest())  # type: ignore[index]
-    return hashlib.sha256(_enc("\0".join(parts))).hexdigest()[:_DIGEST_LEN]
+    return hashlib.sha256(os.fsencode("\0".join(parts))).hexdigest()[:_DIGEST_LEN]
 
 
 # A role says where an object sat in a tree, to find a similar one among the garbage:

@@ -101,6 +101,21 @@ def workspace(tmp_path: Path, sample_source: Path) -> Iterator[Workspace]:
     ws.assert_unchanged()
 
 
+def spawn_daemon(config: Path, cwd: Path, log_path: Path,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``imgclusterd run`` in a subprocess, its output into ``log_path``; outside systemd
+    (an inherited NOTIFY_SOCKET or WATCHDOG_USEC is dropped) unless ``env`` sets them."""
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    environment.update(env or {})
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "imgclusterd", "run", "--config", str(config)],
+            cwd=cwd, env=environment, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the real ``imgclusterd`` command in a subprocess."""

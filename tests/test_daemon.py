@@ -27,7 +27,7 @@ from PIL import Image
 from imgclusterd import status as status_module
 from imgclusterd.config import load_config
 
-from .conftest import Workspace, run_cli, wait_for
+from .conftest import Workspace, run_cli, spawn_daemon, wait_for
 
 DEADLINE = 60.0  # seconds: generous, the machine is shared and noisy
 STEP = 0.2
@@ -127,16 +127,7 @@ class Daemon:
     def start(self) -> Daemon:
         self.runs += 1
         self.log_path = self.ws.root / f"daemon-{self.runs}.log"
-        environment = dict(os.environ)
-        environment.pop("NOTIFY_SOCKET", None)
-        environment.pop("WATCHDOG_USEC", None)
-        environment.update(self.env)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "imgclusterd", "run", "--config", str(self.config_path)],
-                cwd=self.ws.root, env=environment, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn_daemon(self.config_path, self.ws.root, self.log_path, self.env)
         return self
 
     @property

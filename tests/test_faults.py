@@ -35,7 +35,7 @@ from imgclusterd import status as status_module
 from imgclusterd.config import load_config
 from imgclusterd.store import STORE_NAME
 
-from .conftest import Workspace, run_cli, wait_for
+from .conftest import Workspace, run_cli, spawn_daemon, wait_for
 from .test_bad_input import (
     ALGORITHMS,
     encode,
@@ -200,12 +200,7 @@ class Daemon:
     def start(self) -> Daemon:
         self.runs += 1
         self.log_path = self.ws.root / f"daemon-{self.runs}.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "imgclusterd", "run", "--config", str(self.config_path)],
-                cwd=self.ws.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT)
+        self.proc = spawn_daemon(self.config_path, self.ws.root, self.log_path)
         return self
 
     @property
