@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -114,6 +114,47 @@ def spawn_daemon(config: Path, cwd: Path, log_path: Path,
             cwd=cwd, env=environment, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+class DaemonProcess:
+    """One ``imgclusterd run`` subprocess on a workspace; each start logs to its own file."""
+
+    def __init__(self, ws: Workspace, config: Path, env: dict[str, str] | None = None) -> None:
+        from imgclusterd.config import load_config
+
+        self.ws = ws
+        self.config_path = config
+        self.config = load_config(config).config
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        self.log_path = ws.root / "daemon-0.log"
+
+    def start(self) -> Self:
+        self.runs += 1
+        self.log_path = self.ws.root / f"daemon-{self.runs}.log"
+        self.proc = spawn_daemon(self.config_path, self.ws.root, self.log_path, self.env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """The status as ``imgclusterd status`` computes it (in-process: fast to poll)."""
+        from imgclusterd import status
+
+        return status.collect(self.config, now=now)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def assert_alive(self) -> None:
+        assert self.alive(), f"the daemon exited early:\n{self.log()}"
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,

@@ -25,9 +25,8 @@ import pytest
 from PIL import Image
 
 from imgclusterd import status as status_module
-from imgclusterd.config import load_config
 
-from .conftest import Workspace, run_cli, spawn_daemon, wait_for
+from .conftest import DaemonProcess, Workspace, run_cli, wait_for
 
 DEADLINE = 60.0  # seconds: generous, the machine is shared and noisy
 STEP = 0.2
@@ -112,49 +111,16 @@ def write_config(ws: Workspace, **overrides: Any) -> Path:
     return path
 
 
-class Daemon:
-    """One ``imgclusterd run`` subprocess; its stderr goes to a file the test can read."""
-
-    def __init__(self, ws: Workspace, config: Path, env: dict[str, str] | None = None) -> None:
-        self.ws = ws
-        self.config_path = config
-        self.config = load_config(config).config
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-        self.log_path = ws.root / "daemon-0.log"
-
-    def start(self) -> Daemon:
-        self.runs += 1
-        self.log_path = self.ws.root / f"daemon-{self.runs}.log"
-        self.proc = spawn_daemon(self.config_path, self.ws.root, self.log_path, self.env)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Daemon(DaemonProcess):
+    """The daemon suite's driver: status through the CLI, idle and output waits."""
 
     def refreshes(self) -> int:
         return self.log().count("refresh done")
-
-    def status(self, now: float | None = None) -> dict[str, Any]:
-        """The status as ``imgclusterd status`` computes it (in-process: fast to poll)."""
-        return status_module.collect(self.config, now=now)
 
     def status_cli(self) -> tuple[int, dict[str, Any]]:
         result = run_cli("status", "--config", str(self.config_path), "--json",
                          cwd=self.ws.root, timeout=120)
         return result.returncode, json.loads(result.stdout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def assert_alive(self) -> None:
-        assert self.alive(), f"the daemon exited early:\n{self.log()}"
 
     def wait_idle(self, after: str | None = None) -> dict[str, Any]:
         """Wait until running, idle, with a refresh recorded (finished after ``after``)."""

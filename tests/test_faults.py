@@ -35,7 +35,7 @@ from imgclusterd import status as status_module
 from imgclusterd.config import load_config
 from imgclusterd.store import STORE_NAME
 
-from .conftest import Workspace, run_cli, spawn_daemon, wait_for
+from .conftest import DaemonProcess, Workspace, run_cli, wait_for
 from .test_bad_input import (
     ALGORITHMS,
     encode,
@@ -188,35 +188,8 @@ def kill_and_reap(proc: subprocess.Popen[Any]) -> None:
     proc.wait(timeout=60)
 
 
-class Daemon:
-    """``imgclusterd run`` in a subprocess, output to a log file."""
-
-    def __init__(self, ws: Workspace, config: Path) -> None:
-        self.ws, self.config_path = ws, config
-        self.config = load_config(config).config
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    def start(self) -> Daemon:
-        self.runs += 1
-        self.log_path = self.ws.root / f"daemon-{self.runs}.log"
-        self.proc = spawn_daemon(self.config_path, self.ws.root, self.log_path)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self) -> dict[str, Any]:
-        return status_module.collect(self.config)
-
-    def assert_alive(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, \
-            f"the daemon exited:\n{self.log()}"
+class Daemon(DaemonProcess):
+    """The fault suite's driver: waits for idle with a photo count, stops with a deadline."""
 
     def wait_idle(self, images: int | None = None, after: float = 0.0) -> dict[str, Any]:
         def idle() -> dict[str, Any] | None:
