@@ -27,7 +27,7 @@ from typing import Literal
 import imagehash
 import numpy as np
 import scipy.fftpack
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from imgclusterd.algorithms import Algorithm, pack_bits
 
@@ -116,7 +116,8 @@ class _Unreadable(Exception):
 
 
 def register_heif() -> bool:
-    """Register pillow-heif's opener once if it is installed; True when HEIC/AVIF can open."""
+    """Register pillow-heif's opener once; True when HEIC opens (pillow-heif is a dependency,
+    so False means a broken installation: such files are then reported as unsupported)."""
     global _heif_registered
     if _heif_registered is None:
         try:
@@ -249,15 +250,19 @@ def _decode(data: bytes, plan: HashPlan) -> Image.Image:
 
 
 def _unsupported_reason(data: bytes) -> str | None:
-    """Name a known format Pillow cannot open here (HEIF family without pillow-heif)."""
+    """Name a HEIF-family file Pillow could not identify: damaged when its decoder is here,
+    unsupported when it is not (HEIC/HEIF: pillow-heif; AVIF: Pillow's own plugin, built into
+    its wheels since 11.2 -- pillow-heif 1.x no longer decodes AVIF)."""
     if data[4:8] == b"ftyp":
         brands = [data[8:12]] + [data[i : i + 4] for i in range(16, min(len(data), 64), 4)]
         for brand in brands:
             if brand in _HEIF_BRANDS:
-                return (
-                    f"unsupported format {_HEIF_BRANDS[brand]} "
-                    "(pip install 'imgclusterd[heif]')"
-                )
+                kind = _HEIF_BRANDS[brand]
+                readable = features.check("avif") if kind == "AVIF" else register_heif()
+                if readable:
+                    return f"corrupt image: not a readable {kind} file"
+                needs = "a Pillow built with AVIF" if kind == "AVIF" else "pillow-heif"
+                return f"unsupported format {kind} (needs {needs})"
     return None
 
 
