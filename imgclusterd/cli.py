@@ -246,6 +246,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         stop = threading.Event()
         with Pipeline(config, stop=stop, progress=printer) as pipeline:
             report = pipeline.refresh()
+            if not report.interrupted:
+                # Photos hashed before thumbnails existed (new ones got theirs while hashed).
+                report.thumbnails_made, _ = pipeline.make_thumbnails()
     finally:
         lock.release()
     if printer:

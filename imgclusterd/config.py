@@ -90,6 +90,9 @@ class Config(BaseModel):
     exif_transpose: bool = True
     max_image_pixels: int = Field(default=89_478_485, ge=0)  # Pillow's default; 0 = no limit
     max_file_mb: int = Field(default=1024, ge=0)  # a worker reads the whole file; 0 = no limit
+    # thumbnails (state_dir/thumbnails, made by the hashing workers, for the explorer page)
+    thumbnails: bool = True
+    thumbnail_size: int = Field(default=256, ge=16, le=2048)  # longest side, pixels
     # output
     keep_generations: int = Field(default=2, ge=2, le=100)
     generation_grace: float = Field(default=60.0, ge=0)

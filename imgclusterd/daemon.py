@@ -225,6 +225,7 @@ class Daemon:
             self._refresh()
         elif self.state.phase == "idle" and not self.debouncer.pending():
             self._prepare_spares()
+            self._make_thumbnails()
         self.state.pending = len(self.debouncer)
         self._heartbeat()
 
@@ -290,6 +291,24 @@ class Daemon:
             self.pipeline.writer.prepare_spares(should_stop, progress)
         except Exception as exc:  # an optimisation: never a reason to stop the daemon
             log.warning("could not prepare spare output folders: %s", exc)
+
+    def _make_thumbnails(self) -> None:
+        """Idle time: thumbnails of photos hashed before thumbnails existed, and removal of
+        those no photo needs (Pipeline.make_thumbnails). Any new event stops it at once."""
+        if self.pipeline is None:
+            return
+        message = self.state.message
+        try:
+            made, left = self.pipeline.make_thumbnails(
+                should_stop=lambda: self.stop.is_set() or self.debouncer.pending()
+            )
+        except Exception as exc:  # a cache for the explorer page: never stops the daemon
+            log.warning("could not make thumbnails: %s", exc)
+            made, left = 0, 0
+        if self.state.phase == "thumbnails":
+            self._set_phase("idle", message=message)
+        if made:
+            log.info("made %d thumbnails in idle time (%d still missing)", made, left)
 
     def _retry_later(self, message: str, paths: Any) -> None:
         log.error("%s (retrying in %.0f s)", message, _RETRY_AFTER)

@@ -22,6 +22,7 @@ import re
 import stat
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import imagehash
@@ -30,6 +31,7 @@ import scipy.fftpack
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from imgclusterd.algorithms import Algorithm, pack_bits
+from imgclusterd.thumbnails import render_thumbnail, thumbnail_path, write_thumbnail
 
 __all__ = [
     "PILLOW_DEFAULT_MAX_PIXELS",
@@ -40,6 +42,7 @@ __all__ = [
     "hash_file",
     "hash_image",
     "register_heif",
+    "thumbnail_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,10 @@ class HashPlan:
     exif_transpose: bool = True
     max_image_pixels: int | None = PILLOW_DEFAULT_MAX_PIXELS  # None disables the bomb check
     max_file_bytes: int | None = None  # larger files are not read (memory per worker)
+    # Where the worker writes each photo's thumbnail (thumbnails.thumbnail_path), and the
+    # longest side; None: no thumbnails.
+    thumbnail_folder: str | None = None
+    thumbnail_size: int = 256
 
     def __post_init__(self) -> None:
         # Fail at configuration time, not once per file inside a worker.
@@ -109,6 +116,7 @@ class HashResult:
     hashes: dict[str, bytes] = field(default_factory=dict)
     error: str | None = None
     unstable: bool = False
+    thumbnail: bool = False  # the photo's thumbnail exists now (made now or already there)
 
 
 class _Unreadable(Exception):
@@ -187,7 +195,52 @@ def _hash_read(path: str, plan: HashPlan, before: os.stat_result, data: bytes) -
     except Exception as exc:  # a Pillow bug or an exotic file must not kill the batch
         logger.debug("hashing %s failed", path, exc_info=True)
         return HashResult(path, facts, digest, error=f"cannot decode: {_describe(exc)}")
-    return HashResult(path, facts, digest, hashes)
+    thumbnail = _thumbnail(image, digest, plan, path)
+    return HashResult(path, facts, digest, hashes, thumbnail=thumbnail)
+
+
+def thumbnail_file(path: str, plan: HashPlan) -> HashResult:
+    """Only the thumbnail, for a photo hashed before thumbnails existed (``hashes`` empty).
+
+    A second read of the photo is unavoidable here, but not a full decode: a JPEG is decoded
+    at the smallest DCT scale that still covers the thumbnail, whatever ``plan.decode`` is.
+    The thumbnail goes under the digest of what was read, so it is right even if the file
+    changed since it was hashed.
+    """
+    read = _read(path, plan.max_file_bytes)
+    if isinstance(read, HashResult):
+        return read
+    before, data = read
+    facts, digest = FileFacts.from_stat(before), hashlib.sha256(data).digest()
+    register_heif()
+    Image.MAX_IMAGE_PIXELS = plan.max_image_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image: Image.Image = Image.open(io.BytesIO(data))
+            if image.format == "JPEG":
+                image.draft("RGB", (plan.thumbnail_size, plan.thumbnail_size))
+            image.load()
+            if plan.exif_transpose:
+                ImageOps.exif_transpose(image, in_place=True)
+    except Exception as exc:  # the hashing pass records reasons; here it is only a skip
+        return HashResult(path, facts, digest, error=f"cannot decode: {_describe(exc)}")
+    return HashResult(path, facts, digest, thumbnail=_thumbnail(image, digest, plan, path))
+
+
+def _thumbnail(image: Image.Image, digest: bytes, plan: HashPlan, path: str) -> bool:
+    """Write the thumbnail of a decoded photo unless it exists; never fails the hashing."""
+    if plan.thumbnail_folder is None:
+        return False
+    folder = Path(plan.thumbnail_folder)
+    if thumbnail_path(folder, digest).exists():
+        return True  # a copy of a known photo, or re-hashed in another decode mode
+    try:
+        write_thumbnail(folder, digest, render_thumbnail(image, plan.thumbnail_size))
+    except Exception as exc:  # a full disk or an odd mode: the photo is still hashed
+        logger.warning("no thumbnail for %s: %s", path, _describe(exc))
+        return False
+    return True
 
 
 def _os_reason(exc: OSError) -> str:
@@ -236,7 +289,7 @@ def _decode(data: bytes, plan: HashPlan) -> Image.Image:
         if plan.max_image_pixels is not None and pixels > plan.max_image_pixels:
             raise _Unreadable(_bomb_reason(f"({pixels} pixels)", plan.max_image_pixels))
         if plan.decode == "fast" and image.format == "JPEG":
-            _draft_for(image, plan.algorithms)
+            _draft_for(image, plan.algorithms, colour=plan.thumbnail_folder is not None)
         try:
             image.load()
             if plan.exif_transpose:
@@ -383,10 +436,19 @@ def _fast_side(algorithms: tuple[Algorithm, ...]) -> int:
     return max(_FAST_OVERSAMPLE * _target_side(a) for a in algorithms)
 
 
-def _draft_for(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> None:
-    """Ask libjpeg for the coarsest DCT scale (1/2..1/8) that keeps ``_fast_side``."""
+def _draft_for(
+    image: Image.Image, algorithms: tuple[Algorithm, ...], colour: bool = False
+) -> None:
+    """Ask libjpeg for the coarsest DCT scale (1/2..1/8) that keeps ``_fast_side``.
+
+    Grey ("L") is cheapest. ``colour`` (a thumbnail is wanted) asks for YCbCr instead: its Y
+    plane is the very plane libjpeg returns for "L", and convert("L") of YCbCr copies it, so
+    the hashes are the same bits either way (tested).
+    """
     need = _fast_side(algorithms)
-    mode = "RGB" if any(a.kind == "colorhash" for a in algorithms) else "L"
+    mode = "YCbCr" if colour else "L"
+    if any(a.kind == "colorhash" for a in algorithms):
+        mode = "RGB"
     image.draft(mode, (need, need))
 
 

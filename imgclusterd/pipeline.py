@@ -25,10 +25,11 @@ from .cluster import ClusterIndex
 from .config import Config
 from .errors import ConfigError, ImagesFolderError
 from .fsinfo import filesystem_type, is_network_filesystem
-from .hashing import FileFacts, HashPlan, HashResult, file_digest
+from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
 from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
 from .pool import HashPool
 from .store import STORE_NAME, Store
+from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails
 
 __all__ = ["SETTLE_SECONDS", "Pipeline", "Progress", "RefreshReport", "check_layout"]
 
@@ -62,6 +63,7 @@ class RefreshReport:
     generation: str | None = None
     output: WriteReport | None = None
     interrupted: bool = False
+    thumbnails_made: int = 0  # by the background pass (make_thumbnails), not while hashing
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -102,6 +104,10 @@ class Pipeline:
             exif_transpose=config.exif_transpose,
             max_image_pixels=config.max_image_pixels or None,
             max_file_bytes=config.max_file_mb * 2**20 or None,
+            thumbnail_folder=(
+                os.fspath(config.store_dir / THUMBNAIL_FOLDER) if config.thumbnails else None
+            ),
+            thumbnail_size=config.thumbnail_size,
         )
         check_layout(config)
         self.writer = OutputWriter(
@@ -115,6 +121,8 @@ class Pipeline:
         self._indexes: dict[str, ClusterIndex] = {}
         self._indexed_bits: dict[str, dict[int, bytes]] = {}
         self._output_cleaned = False  # a write cleans up too; see refresh()
+        self._thumbnails_done_at: int | None = None  # store revision of the last full pass
+        self._thumbnail_failures: set[bytes] = set()  # digests that did not decode: not again
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -233,6 +241,54 @@ class Pipeline:
             },
         )
         return report
+
+    def make_thumbnails(self, should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
+        """The background thumbnail pass: remove thumbnails whose content no photo has any
+        more, make the missing ones (photos hashed before thumbnails existed, or lost ones).
+
+        New photos get theirs while hashed; this is for the rest, so it runs outside refresh
+        (``scan`` after its refresh, the daemon in idle time) and stops as soon as
+        ``should_stop()`` or the stop event says so. Returns (made now, still missing).
+        """
+        if self.plan.thumbnail_folder is None:
+            return 0, 0
+        revision = self.store.revision()
+        if revision == self._thumbnails_done_at:
+            return 0, 0  # nothing changed since the last complete pass
+        folder = Path(self.plan.thumbnail_folder)
+        photos: dict[bytes, str] = {}
+        for path, record in sorted(self.store.files().items()):
+            if record.status == "hashed" and record.digest is not None:
+                photos.setdefault(record.digest, path)
+        removed = prune_thumbnails(folder, photos)
+        if removed:
+            log.info("removed %d thumbnails of photos no longer there", removed)
+        todo = [
+            (digest, os.path.join(self.images, path))
+            for digest, path in missing_thumbnails(folder, photos)
+            if digest not in self._thumbnail_failures
+        ]
+        expected = {path: digest for digest, path in todo}
+        done = made = 0
+        if todo:
+            self.progress("thumbnails", 0, len(todo))
+            results = self.pool.map(list(expected), stop=self.stop, task=thumbnail_file)
+            try:
+                for done, result in enumerate(results, start=1):
+                    if result.thumbnail:
+                        made += 1
+                    else:
+                        self._thumbnail_failures.add(expected[result.path])
+                    self.progress("thumbnails", done, len(todo))
+                    if should_stop is not None and should_stop():
+                        break
+            finally:
+                results.close()
+        if done == len(todo):
+            self._thumbnails_done_at = revision
+        if made:
+            log.info("made %d thumbnails of photos hashed before (%d left)", made, len(todo) - done)
+        return made, len(todo) - done
 
     # -- stages -----------------------------------------------------------------------------
 

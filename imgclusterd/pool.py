@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
@@ -77,9 +77,13 @@ class HashPool:
         return [p.pid for p in list(processes.values()) if p.pid is not None and p.is_alive()]
 
     def map(
-        self, paths: Iterable[str], stop: threading.Event | None = None
-    ) -> Iterator[HashResult]:
-        """Yield results as they complete (any order), at most ~2*workers tasks in flight.
+        self,
+        paths: Iterable[str],
+        stop: threading.Event | None = None,
+        task: Callable[[str, HashPlan], HashResult] = hash_file,
+    ) -> Generator[HashResult, None, None]:
+        """Yield ``task(path, plan)`` as they complete (any order), at most ~2*workers tasks in
+        flight. ``task`` is a module-level function (workers import it by name).
 
         When ``stop`` is set, nothing more is submitted, queued tasks are cancelled, and the
         iterator ends within about ``_POLL_SECONDS`` (results still running are dropped).
@@ -98,7 +102,7 @@ class HashPool:
                 if suspects:
                     if not in_flight:
                         path = suspects.popleft()
-                        in_flight[self._submit(path)] = path
+                        in_flight[self._submit(path, task)] = path
                 else:
                     while not exhausted and len(in_flight) < limit:
                         try:
@@ -106,7 +110,7 @@ class HashPool:
                         except StopIteration:
                             exhausted = True
                             break
-                        in_flight[self._submit(path)] = path
+                        in_flight[self._submit(path, task)] = path
                 if not in_flight:
                     return
                 done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -156,7 +160,9 @@ class HashPool:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _submit(self, path: str) -> Future[HashResult]:
+    def _submit(
+        self, path: str, task: Callable[[str, HashPlan], HashResult]
+    ) -> Future[HashResult]:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers,
@@ -164,7 +170,7 @@ class HashPool:
                 initializer=_init_worker,
                 initargs=(self.plan.max_image_pixels,),
             )
-        return self._executor.submit(hash_file, path, self.plan)
+        return self._executor.submit(task, path, self.plan)
 
     def _replace_broken_executor(self, paths: list[str]) -> None:
         self.restarts += 1

@@ -12,7 +12,7 @@ The JSON shape (``status --json``) is stable; new keys may be added, none remove
       "state": "running" | "not running" | "not responding" | "never ran",
       "pid": int | null, "uptime_seconds": float | null, "heartbeat_age_seconds": float | null,
       "phase": "starting" | "scanning" | "hashing" | "clustering" | "writing" | "idle"
-               | "waiting" | "stopped" | null,
+               | "thumbnails" | "waiting" | "stopped" | null,
       "progress": {"done": int, "total": int} | null,
       "message": str | null,
       "counts": {"images": int, "hashed": int, "pending": int, "unreadable": int},
