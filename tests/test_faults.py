@@ -52,36 +52,37 @@ GENERATION_RE = re.compile(r"\A\.[^/]+\.imgclusterd/generations/(g\d{8,}-\d+-[0-
 # Runs the real CLI, but SIGKILLs its own process at a chosen call (argv: point, after, args).
 DRIVER = r"""
 import os, signal, sys
-from imgclusterd.output import OutputWriter
+from imgclusterd.output import WriteHooks, set_default_hooks
+from imgclusterd.output.hooks import GENERATION_BUILT, OBJECT_STAGED, SWAP_LINK_MADE
 from imgclusterd.store import Store
 from imgclusterd.cli import main
 
 point, after, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 calls = [0]
 
-def kill_on(cls, name, before=True):
-    real = getattr(cls, name)
-    def wrapper(self, *a, **k):
-        calls[0] += 1
-        if before and calls[0] > after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = real(self, *a, **k)
-        if not before and calls[0] > after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
-    setattr(cls, name, wrapper)
+class KillAt(WriteHooks):
+    def __init__(self, point):
+        self.point = point
+    def at(self, point):
+        if point == self.point:
+            calls[0] += 1
+            if calls[0] > after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "commit":        # inside BEGIN IMMEDIATE, some rows written, no COMMIT
-    kill_on(Store, "put_hashed")
-elif point == "objects":     # some objects published, one half-built in tmp/
-    kill_on(OutputWriter, "_write_object")
+    real = Store.put_hashed  # a public method wrapped: the store has no hooks of its own
+    def put_hashed(self, *a, **k):
+        calls[0] += 1
+        if calls[0] > after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *a, **k)
+    Store.put_hashed = put_hashed
+elif point == "objects":     # some objects published, one complete in tmp/ but not published
+    set_default_hooks(KillAt(OBJECT_STAGED))
 elif point == "generation":  # the generation built and renamed in, never swapped
-    kill_on(OutputWriter, "_build_generation", before=False)
+    set_default_hooks(KillAt(GENERATION_BUILT))
 elif point == "swap":        # the temporary symlink made, os.replace not done
-    def swap(self, name):
-        os.symlink(f"{self.area.name}/generations/{name}", self._tmp / f"link-{name}")
-        os.kill(os.getpid(), signal.SIGKILL)
-    OutputWriter._swap = swap
+    set_default_hooks(KillAt(SWAP_LINK_MADE))
 sys.exit(main(args))
 """
 
@@ -226,7 +227,7 @@ def daemons(workspace: Workspace) -> Iterator[list[Daemon]]:
 
 @pytest.mark.parametrize(("point", "after"), [
     ("commit", 70),      # 64 rows committed, 6 more written in the open transaction
-    ("objects", 25),     # 25 folders published, the 26th half-built in tmp/
+    ("objects", 25),     # 25 folders published, the 26th built in tmp/, not published
     ("generation", 0),   # a complete generation renamed into generations/, not swapped in
     ("swap", 0),         # tmp/link-<gen> made, OUTPUT not yet replaced
 ])

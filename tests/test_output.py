@@ -579,16 +579,10 @@ def test_any_sequence_of_writes_reads_back_exactly(tmp_path: Path, data: st.Data
     links += [Link(links[i].name, links[i + 1].target) for i in range(0, 6)]
     with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
         clock = Clock()
-        writer = OutputWriter(Path(scratch) / "out", grace_seconds=0, clock=clock)
-        import imgclusterd.output as output_module
-
-        old_min = output_module.RECYCLE_MIN
-        output_module.RECYCLE_MIN = 1  # recycle everything: the patching is what is tested
-        try:
-            for _ in range(data.draw(st.integers(1, 5))):
-                tree = data.draw(trees(links))
-                clock.now += 1
-                writer.write(tree)
-                assert read_tree(str(Path(scratch) / "out")) == expected(tree)
-        finally:
-            output_module.RECYCLE_MIN = old_min
+        # recycle_min=1: recycle everything, the patching is what is tested
+        writer = OutputWriter(Path(scratch) / "out", grace_seconds=0, clock=clock, recycle_min=1)
+        for _ in range(data.draw(st.integers(1, 5))):
+            tree = data.draw(trees(links))
+            clock.now += 1
+            writer.write(tree)
+            assert read_tree(str(Path(scratch) / "out")) == expected(tree)

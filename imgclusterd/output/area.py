@@ -1,0 +1,374 @@
+"""The content-addressed area beside ``OUTPUT``: objects, generations, the swap.
+
+``OUTPUT`` is a symlink owned by the daemon; everything else lives in a hidden *area* beside
+it, ``<parent>/.<name>.imgclusterd/``, which carries a marker file proving we made it::
+
+    MARKER                  "imgclusterd output area v1" -- nothing is deleted without it
+    lock                    flock: one writer per output
+    objects/<digest>/       immutable, content-addressed directories (see ``plan``)
+    generations/g<seq>-<ms>-<gdigest>/   a real directory: ``<algo> -> ../../objects/<algo obj>``
+    pool/<digest>~<slot>~<thr>~<algo>    garbage kept one write for recycling (see ``recycle``)
+    tmp/                    objects, generations and symlinks under construction
+    links/<xx>/<key>        one symlink inode per (name, target); every photo link of every
+                            object is a hard link to one of these (see ``linkstore``)
+
+Objects are built in ``tmp/`` and renamed into ``objects/`` when complete, children before
+parents, so an object in ``objects/`` is always complete. A generation: its directory is built
+in ``tmp/`` and renamed into ``generations/``; ``syncfs`` once (so a crash can never leave
+``OUTPUT`` naming something that is not on disk); then a fresh temporary symlink is renamed over
+``OUTPUT`` (``os.replace``: readers see the old or the new tree, never none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from imgclusterd.errors import OutputError
+
+from .hooks import GENERATION_BUILT, OBJECT_STAGED, SWAP_LINK_MADE, WriteHooks
+from .linkstore import LinkStore
+from .names import CLUSTER_RE, THRESHOLD_RE
+from .plan import DIGEST_LEN, Role
+
+__all__ = ["DIGEST_RE", "GENERATION_RE", "Area", "area_path", "remove_tree"]
+
+log = logging.getLogger(__name__)
+
+_MARKER = "MARKER"
+_MARKER_TEXT = "imgclusterd output area v1\n"
+DIGEST_RE = re.compile(rf"[0-9a-f]{{{DIGEST_LEN}}}\Z")
+#: ``g<seq>-<ms>-<gdigest>``: sequence number, time it was named (ms), generation digest.
+GENERATION_RE = re.compile(r"g(\d{8,})-(\d+)-([0-9a-f]{16})\Z")
+_TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-", "spare-")
+
+
+def area_path(output: Path) -> Path:
+    """The hidden area beside ``output`` that holds generations and objects."""
+    return output.parent / f".{output.name}.imgclusterd"
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, symlink or directory tree of ours, never following symlinks."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the file system holding ``path`` (``syncfs``; ``os.sync`` where it is missing)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = getattr(libc, "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def symlink_at(dir_fd: int, name: str, target: str) -> None:
+    os.symlink(target, name, dir_fd=dir_fd)
+
+
+def write_file_at(dir_fd: int, name: str, content: bytes) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+class Area:
+    """The hidden area of one ``output``: ownership, building blocks of a write, reading the DAG.
+
+    Objects are immutable, so what is learnt about one stays true while it exists:
+    :attr:`children` (digest -> [(entry name, child digest)] of algorithm and threshold
+    objects) and the objects each generation reaches are memoised.
+    """
+
+    def __init__(self, output: Path, hooks: WriteHooks) -> None:
+        self.output = output
+        self.root = area_path(output)
+        self.hooks = hooks
+        self.objects = self.root / "objects"
+        self.generations = self.root / "generations"
+        self.pool = self.root / "pool"
+        self.tmp = self.root / "tmp"
+        # Every photo link is a hard link to one inode per (name, target): see linkstore.
+        self.links = LinkStore(self.root / "links")
+        self.children: dict[str, list[tuple[str, str]]] = {}
+        self.reach: dict[str, frozenset[str]] = {}  # generation -> digests (see reachable)
+
+    # ------------------------------------------------------------------ ownership
+
+    def foreign(self, path: Path, what: str) -> OutputError:
+        return OutputError(
+            f"{path} already exists and was not made by imgclusterd ({what}); imgclusterd "
+            f"will not delete or write into it: move it away, or choose another --output"
+        )
+
+    def is_ours(self) -> bool:
+        if self.root.is_symlink() or not self.root.is_dir():
+            return False
+        try:
+            with open(self.root / _MARKER, encoding="utf-8", errors="replace") as marker:
+                return marker.read(len(_MARKER_TEXT)) == _MARKER_TEXT
+        except OSError:
+            return False
+
+    def check(self) -> None:
+        """Raise :class:`OutputError` if ``output`` or the area exists and is not ours."""
+        if os.path.lexists(self.root) and not self.is_ours():
+            raise self.foreign(self.root, "no imgclusterd marker in it")
+        if not os.path.lexists(self.output):
+            return
+        if not self.output.is_symlink():
+            what = "a directory" if self.output.is_dir() else "not a symlink"
+            raise self.foreign(self.output, what)
+        if self.current_name() is None or not self.is_ours():
+            target = os.readlink(self.output)
+            raise self.foreign(self.output, f"a symlink to {target!r}, outside {self.root}")
+
+    def current_name(self) -> str | None:
+        """The generation ``output`` names, if it is a symlink of ours (not checked on disk)."""
+        try:
+            target = os.readlink(self.output)
+        except OSError:
+            return None
+        prefix = f"{self.root.name}/generations/"
+        name = target[len(prefix) :] if target.startswith(prefix) else ""
+        return name if GENERATION_RE.match(name) else None
+
+    def ensure(self) -> None:
+        """Make the area (marker first) and its folders if they are missing."""
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(self.root):
+            # Marker first, in a private temporary name, so the area is never without it.
+            staging = self.output.parent / f".{self.output.name}.imgclusterd.{os.getpid()}.new"
+            if os.path.lexists(staging):
+                shutil.rmtree(staging)
+            staging.mkdir()
+            (staging / _MARKER).write_text(
+                _MARKER_TEXT + f"output: {os.fsencode(self.output)!r}\n", encoding="utf-8"
+            )
+            try:
+                os.rename(staging, self.root)
+            except OSError:
+                shutil.rmtree(staging)
+                raise
+        self.ensure_folders()
+
+    def ensure_folders(self) -> None:
+        for sub in (self.objects, self.generations, self.pool, self.tmp):
+            sub.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the area's write lock (and the link store open) for a write or a cleanup."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputError(
+                    f"another imgclusterd process is writing {self.output}; "
+                    f"only one writer per output"
+                ) from None
+            self.links.open()
+            try:
+                yield
+            finally:
+                self.links.close()
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ building
+
+    def write_object_at(
+        self,
+        staging: Path,
+        links: Mapping[str, str],
+        files: Mapping[str, bytes],
+        shared: bool = True,
+    ) -> None:
+        """A fresh directory ``staging`` holding exactly these symlinks and files.
+
+        ``shared``: entries are hard links into the link store. Only for photo links (leaf
+        folders): a threshold folder's ``001_5 -> ../<digest>`` is rarely repeated, and
+        storing each once more would only grow the store.
+        """
+        if os.path.lexists(staging):
+            remove_tree(staging)
+        staging.mkdir()
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        place = self.placer(shared)
+        try:
+            for name, target in links.items():
+                place(fd, name, target)
+            for name, content in files.items():
+                write_file_at(fd, name, content)
+        finally:
+            os.close(fd)
+
+    def placer(self, shared: bool) -> Callable[[int, str, str], None]:
+        """How to create a symlink entry: through the link store (photo links) or plainly."""
+        return self.links.place if shared else symlink_at
+
+    def write_object(
+        self, digest: str, links: Mapping[str, str], files: Mapping[str, bytes], shared: bool
+    ) -> None:
+        """Build object ``digest`` in ``tmp/`` and publish it."""
+        staging = self.tmp / f"obj-{digest}"
+        self.write_object_at(staging, links, files, shared=shared)
+        self.hooks.at(OBJECT_STAGED)
+        self.publish(staging, digest)
+
+    def publish(self, staging: Path, digest: str) -> None:
+        """Rename a complete object from ``tmp/`` into ``objects/<digest>``."""
+        try:
+            os.rename(staging, self.objects / digest)
+        except OSError as exc:  # already there (complete, by construction): keep that one
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            remove_tree(staging)
+
+    def next_name(self, gen_digest: str, now: float) -> str:
+        """The next generation's name: a sequence number above every one seen, ``now`` in ms."""
+        seqs = [0]
+        for entry in os.listdir(self.generations):
+            match = GENERATION_RE.match(entry)
+            if match:
+                seqs.append(int(match[1]))
+        current = self.current_name()
+        if current is not None:
+            seqs.append(int(GENERATION_RE.match(current)[1]))  # type: ignore[index]
+        millis = max(0, int(now * 1000))
+        return f"g{max(seqs) + 1:08d}-{millis}-{gen_digest}"
+
+    def build_generation(
+        self, name: str, links: Mapping[str, str], files: Mapping[str, bytes]
+    ) -> int:
+        """Build generation ``name`` in ``tmp/``, rename it into ``generations/``; entries."""
+        staging = self.tmp / f"gen-{name}"
+        staging.mkdir()
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for algo, target in links.items():
+                os.symlink(target, algo, dir_fd=fd)
+            for file_name, content in files.items():
+                write_file_at(fd, file_name, content)
+        finally:
+            os.close(fd)
+        os.rename(staging, self.generations / name)
+        self.hooks.at(GENERATION_BUILT)
+        return len(links)
+
+    def sync(self) -> None:
+        _syncfs(self.root)
+
+    def swap(self, name: str) -> None:
+        """Point ``output`` at generation ``name``, atomically."""
+        temporary = self.tmp / f"link-{name}"
+        os.symlink(f"{self.root.name}/generations/{name}", temporary)
+        self.hooks.at(SWAP_LINK_MADE)
+        os.replace(temporary, self.output)
+
+    # ------------------------------------------------------------------ cleaning
+
+    def remove_leftovers(self) -> None:
+        """What an interrupted write left: temporaries, generations never swapped in."""
+        for entry in os.listdir(self.tmp):
+            if entry.startswith(_TMP_PREFIXES):
+                remove_tree(self.tmp / entry)
+            else:
+                log.warning("leaving unknown entry %s alone", self.tmp / entry)
+        current = self.current_name()
+        current_seq = (
+            int(GENERATION_RE.match(current)[1]) if current else None  # type: ignore[index]
+        )
+        for entry in os.listdir(self.generations):
+            match = GENERATION_RE.match(entry)
+            if match and current_seq is not None and int(match[1]) > current_seq:
+                self.drop_generation(entry)
+
+    def drop_generation(self, name: str) -> None:
+        dead = self.tmp / f"dead-{name}"
+        os.rename(self.generations / name, dead)
+        remove_tree(dead)
+
+    def generation_names(self) -> list[str]:
+        """The generations on disk, oldest first."""
+        return sorted(
+            (e for e in os.listdir(self.generations) if GENERATION_RE.match(e)),
+            key=lambda e: int(GENERATION_RE.match(e)[1]),  # type: ignore[index]
+        )
+
+    # ------------------------------------------------------------------ reading the DAG
+
+    def reachable(self, generation: str) -> frozenset[str]:
+        """Every object digest a generation reaches (memoised: generations never change)."""
+        found = self.reach.get(generation)
+        if found is None:
+            found = frozenset(digest for digest, _, _ in self.walk(generation))
+            self.reach[generation] = found
+        return found
+
+    def peek_level(self, digest: str) -> int:
+        """Level of an object we know nothing about, from its first entry (GC ordering only)."""
+        with os.scandir(self.objects / digest) as it:
+            for item in it:
+                if item.name.startswith("thr_") or not item.is_symlink():
+                    return 0  # algorithm objects: threshold folders and extra files
+                return 1 if os.readlink(item.path).startswith("../") else 2
+        return 2
+
+    def _read_children(self, directory: Path, prefix: str) -> list[tuple[str, str]]:
+        children = []
+        with os.scandir(directory) as it:
+            for item in it:
+                if item.is_symlink():
+                    target = os.readlink(item.path)
+                    digest = target[len(prefix) :] if target.startswith(prefix) else ""
+                    if DIGEST_RE.match(digest):
+                        children.append((item.name, digest))
+        return children
+
+    def walk(self, generation: str) -> Iterator[tuple[str, int, Role | None]]:
+        """(digest, level, role) of every object a generation reaches."""
+        try:
+            algos = self._read_children(self.generations / generation, "../../objects/")
+        except FileNotFoundError:
+            return
+        for algo, algo_digest in algos:
+            yield algo_digest, 0, None
+            for thr_name, thr_digest in self.object_children(algo_digest):
+                match = THRESHOLD_RE.match(thr_name)
+                threshold = int(match[1]) if match else 0
+                yield thr_digest, 1, (algo, "t", threshold)
+                for leaf_name, leaf_digest in self.object_children(thr_digest):
+                    cluster = CLUSTER_RE.match(leaf_name)
+                    slot = f"c{int(cluster[1])}" if cluster else "u"
+                    yield leaf_digest, 2, (algo, slot, threshold)
+
+    def object_children(self, digest: str) -> list[tuple[str, str]]:
+        children = self.children.get(digest)
+        if children is None:
+            try:
+                children = self._read_children(self.objects / digest, "../")
+            except FileNotFoundError:
+                return []
+            self.children[digest] = children
+        return children

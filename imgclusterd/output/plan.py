@@ -1,0 +1,215 @@
+"""Planning, pure: from an output tree to the content-addressed objects that hold it.
+
+No file is read or written here. :func:`plan_tree` turns an :data:`OutputTree` (per algorithm,
+the sweep of :class:`ThresholdFolder`) into a :class:`Plan`: every directory the tree needs as a
+:class:`PlannedObject` keyed by its digest, children before parents, plus the entries of the
+generation directory. The writer then builds whatever of the plan is not on disk yet.
+
+Objects form a Merkle DAG of three levels::
+
+    level 0  algorithm  ``thr_000_unclustered_3 -> ../<threshold digest>`` (+ extra files)
+    level 1  threshold  ``001_5 -> ../<leaf digest>``, ``unclustered_3 -> ../<leaf digest>``
+    level 2  leaf       a cluster or unclustered folder: ``<link name> -> /abs/image``
+
+An object's digest (:func:`object_digest`) is a hash of exactly its entries (names and symlink
+targets, or file contents), so equal folders are one object: the same cluster at consecutive
+thresholds, and everything that did not change since the last generation.
+
+Each planned object carries its :data:`Role` (algorithm, slot, threshold): where it sat in the
+tree, so that a retired object of the same role can be recycled into it (see ``recycle``).
+
+Extending it (planning from a cluster delta): a planner that knows which folders changed can
+reuse the previous plan's digests for the unchanged ones. What must hold for the writer: every
+object a parent names is either in ``Plan.objects`` (before the parent) or already on disk,
+and ``Plan.generation_links`` names the algorithm objects as ``../../objects/<digest>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .names import (
+    Link,
+    check_name,
+    cluster_name,
+    folder_links,
+    threshold_name,
+    unclustered_name,
+)
+
+__all__ = [
+    "DIGEST_LEN",
+    "LeafMemo",
+    "OutputTree",
+    "Plan",
+    "PlannedObject",
+    "Role",
+    "ThresholdFolder",
+    "generation_digest",
+    "object_digest",
+    "plan_tree",
+    "split_extra_files",
+]
+
+log = logging.getLogger(__name__)
+
+DIGEST_LEN = 32
+_PROGRESS_EVERY = 0.5  # seconds between progress callbacks while planning
+
+
+@dataclass(frozen=True)
+class ThresholdFolder:
+    """One threshold of a sweep: clusters in output order (largest first) and the unclustered."""
+
+    threshold: int
+    clusters: Sequence[Sequence[Link]]
+    unclustered: Sequence[Link]
+
+
+#: algorithm name -> its sweep, in threshold order.
+OutputTree = Mapping[str, Sequence[ThresholdFolder]]
+
+#: Where an object sat in a tree, to find a similar one among the garbage:
+#: (algorithm, slot, threshold) with slot "u" (unclustered), "c<n>" (cluster n) or "t"
+#: (threshold folder).
+Role = tuple[str, str, int]
+
+#: A leaf folder's links (as given) -> (digest, entries with unique names). Passing the last
+#: plan's memo to the next saves naming and hashing every unchanged folder again.
+LeafMemo = dict[tuple[Link, ...], tuple[str, dict[str, str]]]
+
+
+@dataclass
+class PlannedObject:
+    """One directory of the DAG: its symlinks (and, for algorithm objects, files)."""
+
+    links: dict[str, str]
+    level: int  # 0 algorithm, 1 threshold, 2 leaf
+    role: Role | None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.links) + len(self.files)
+
+
+@dataclass
+class Plan:
+    """Everything one generation needs. ``objects`` is ordered children before parents."""
+
+    objects: dict[str, PlannedObject]
+    generation_links: dict[str, str]  # algorithm -> ../../objects/<digest>
+    top_files: dict[str, bytes]  # files at the root of the generation directory
+    leaf_memo: LeafMemo  # hand to the next plan_tree()
+
+    @property
+    def digest(self) -> str:
+        """The generation's digest (the last part of its name)."""
+        return generation_digest(self.generation_links, self.top_files)
+
+
+def object_digest(links: Mapping[str, str], files: Mapping[str, bytes] | None = None) -> str:
+    """Content address of a directory holding exactly these symlinks and files."""
+    parts = ["imgclusterd-object-1"]
+    for name in sorted(links):
+        parts += ("L", name, links[name])
+    for name in sorted(files or {}):
+        parts += ("F", name, hashlib.sha256(files[name]).hexdigest())  # type: ignore[index]
+    return hashlib.sha256(os.fsencode("\0".join(parts))).hexdigest()[:DIGEST_LEN]
+
+
+def generation_digest(links: Mapping[str, str], files: Mapping[str, bytes]) -> str:
+    """The 16 hex digits naming a generation with these algorithm links and root files."""
+    return object_digest(links, files)[:16]
+
+
+def split_extra_files(
+    extra_files: Mapping[str, bytes],
+) -> tuple[dict[str, bytes], dict[str, dict[str, bytes]]]:
+    """``{"index.html": .., "phash_8/x": ..}`` -> (root files, algorithm -> its files)."""
+    algo_files: dict[str, dict[str, bytes]] = {}
+    top_files: dict[str, bytes] = {}
+    for path, content in extra_files.items():
+        parts = path.split("/")
+        for part in parts:
+            check_name(part, "extra file path component")
+        if len(parts) == 1:
+            top_files[parts[0]] = bytes(content)
+        elif len(parts) == 2:
+            algo_files.setdefault(parts[0], {})[parts[1]] = bytes(content)
+        else:
+            raise ValueError(f"extra file {path!r}: only <name> or <algo>/<name> are supported")
+    return top_files, algo_files
+
+
+def plan_tree(
+    tree: OutputTree,
+    extra_files: Mapping[str, bytes] | None = None,
+    memo: LeafMemo | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Plan:
+    """Every object ``tree`` needs (children first), and the generation's entries.
+
+    ``extra_files``: ``<name>`` lands at the root of the generation directory, ``<algo>/<name>``
+    in that algorithm's folder. ``memo``: the previous plan's ``leaf_memo``. Raises ValueError
+    on a name that cannot be a file name, a threshold listed twice, or an extra file that
+    collides with a folder. Hashing millions of link names takes seconds at tens of thousands
+    of photos, so this reports ``progress(0, 0)`` about twice a second (the daemon's watchdog
+    pings ride on it).
+    """
+    reported = time.monotonic()
+    top_files, algo_files = split_extra_files(extra_files or {})
+    objects: dict[str, PlannedObject] = {}
+    new_memo: LeafMemo = {}
+    old_memo: LeafMemo = memo or {}
+    generation_links: dict[str, str] = {}
+
+    def leaf(links: Sequence[Link], role: Role) -> str:
+        key = tuple(links)
+        found = new_memo.get(key) or old_memo.get(key)
+        if found is None:
+            entries = folder_links(key)
+            found = (object_digest(entries), entries)
+        new_memo[key] = found
+        digest, entries = found
+        if digest not in objects:
+            objects[digest] = PlannedObject(entries, 2, role)
+        return digest
+
+    for algo in sorted(set(tree) | set(algo_files)):
+        check_name(algo, "algorithm name")
+        if algo in top_files:
+            raise ValueError(f"extra file {algo!r} has the name of an algorithm folder")
+        algo_links: dict[str, str] = {}
+        thresholds: set[int] = set()
+        for folder in tree.get(algo, ()):
+            if progress is not None and time.monotonic() - reported >= _PROGRESS_EVERY:
+                reported = time.monotonic()
+                progress(0, 0)
+            t = folder.threshold
+            entries: dict[str, str] = {}
+            for i, cluster in enumerate(folder.clusters, 1):
+                digest = leaf(cluster, (algo, f"c{i}", t))
+                entries[cluster_name(i, len(cluster))] = "../" + digest
+            unclustered = len(folder.unclustered)
+            digest = leaf(folder.unclustered, (algo, "u", t))
+            entries[unclustered_name(unclustered)] = "../" + digest
+            digest = object_digest(entries)
+            objects.setdefault(digest, PlannedObject(entries, 1, (algo, "t", t)))
+            if t in thresholds:
+                raise ValueError(f"{algo}: threshold {t} appears twice in the sweep")
+            thresholds.add(t)
+            algo_links[threshold_name(t, unclustered)] = "../" + digest
+        files = algo_files.get(algo, {})
+        for name in files:
+            if name in algo_links:
+                raise ValueError(f"extra file {algo}/{name} has the name of a threshold folder")
+        digest = object_digest(algo_links, files)
+        objects.setdefault(digest, PlannedObject(algo_links, 0, None, files))
+        generation_links[algo] = "../../objects/" + digest
+    return Plan(objects, generation_links, top_files, new_memo)
