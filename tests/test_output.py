@@ -235,6 +235,85 @@ def test_extra_files_go_into_the_algorithm_folder(tmp_path: Path) -> None:
         writer.write(tree, {"phash_8/thr_000_unclustered_3/x": b""})
 
 
+def test_root_files_are_part_of_the_generation(tmp_path: Path) -> None:
+    """extra_files without a folder land beside the algorithm folders (the explorer page),
+    count in the generation digest, and a page change alone is a new generation that
+    reuses every folder."""
+    links = make_images(tmp_path / "images", 20)
+    tree = chain_tree(links)
+    output = tmp_path / "out"
+    writer = OutputWriter(output, clock=Clock())
+    page = {"index.html": b"<html>v1</html>", "data.js": b"var data = 1;"}
+    first = writer.write(tree, page)
+    assert sorted(os.listdir(output)) == ["data.js", "dhash_8", "index.html", "phash_8"]
+    assert (output / "index.html").read_bytes() == b"<html>v1</html>"
+    assert (Path(os.path.realpath(output)) / "data.js").read_bytes() == b"var data = 1;"
+    assert read_tree(str(output)) == expected(tree)
+    same = writer.write(tree, dict(page))
+    assert not same.swapped and same.generation == first.generation
+    changed = writer.write(tree, {**page, "data.js": b"var data = 2;"})
+    assert changed.swapped and changed.generation != first.generation
+    assert changed.objects_written == 0  # the tree's folders are all reused
+    assert (output / "data.js").read_bytes() == b"var data = 2;"
+    assert (output / "index.html").read_bytes() == b"<html>v1</html>"
+    without = writer.write(tree)
+    assert sorted(os.listdir(output)) == ["dhash_8", "phash_8"]
+    assert without.objects_written == 0
+    for bad in ({"phash_8": b"x"}, {"..": b"x"}, {"a/b/c": b"x"}, {"": b"x"}):
+        with pytest.raises(ValueError):
+            writer.write(tree, bad)
+    assert os.path.realpath(output).endswith(without.generation)  # refused: nothing swapped
+
+
+def test_a_pinned_reader_sees_root_files_matching_the_tree_beside_them(tmp_path: Path) -> None:
+    """The page and its data are swapped with the tree: a reader that resolves OUTPUT once
+    (a browser opening index.html loads data.js from the same resolved folder when it is
+    opened through the realpath) never finds a page that describes another tree."""
+    rng = random.Random(11)
+    links = make_images(tmp_path / "images", 30)
+    output = tmp_path / "out"
+    writer = OutputWriter(output, keep_generations=2, grace_seconds=5.0)
+
+    def page(tree: OutputTree) -> dict[str, bytes]:
+        names = sorted(name for sweep in expected(tree).values() for thr in sweep.values()
+                       for folder in thr.values() for name in folder)
+        return {"index.html": b"<script src=data.js></script>",
+                "data.js": "\n".join(names).encode()}
+
+    writer.write(chain_tree(links[:10]), page(chain_tree(links[:10])))
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            root = os.path.realpath(output)
+            try:
+                data = Path(root, "data.js").read_bytes().decode().split("\n")
+                tree = read_tree(root)
+            except OSError as exc:
+                problems.append(repr(exc))
+                return
+            names = sorted(name for sweep in tree.values() for thr in sweep.values()
+                           for folder in thr.values() for name in folder)
+            if names != data:
+                problems.append(f"{root}: data.js lists {len(data)} links, the tree {len(names)}")
+                return
+            reads[0] += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(60):
+            tree = chain_tree(rng.sample(links, rng.randrange(8, 30)))
+            writer.write(tree, page(tree))
+    finally:
+        stop.set()
+        thread.join()
+    assert not problems, problems
+    assert reads[0] > 0
+
+
 # ---------------------------------------------------------------------- ownership
 
 
