@@ -96,6 +96,7 @@ class Config(BaseModel):
     # output
     keep_generations: int = Field(default=2, ge=2, le=100)
     generation_grace: float = Field(default=60.0, ge=0)
+    explorer: bool = True  # index.html explorer page at each generation's root
     # daemon
     debounce: float = Field(default=2.0, gt=0, le=3600)
     max_delay: float = Field(default=30.0, gt=0, le=86_400)

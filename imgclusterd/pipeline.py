@@ -24,12 +24,13 @@ from .algorithms import Algorithm, hash_hex
 from .cluster import ClusterIndex
 from .config import Config
 from .errors import ConfigError, ImagesFolderError
+from .explorer import ExplorerAlgorithm, ExplorerPhoto, page_files
 from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
 from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
 from .pool import HashPool
 from .store import STORE_NAME, Store
-from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails
+from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
 
 __all__ = ["SETTLE_SECONDS", "Pipeline", "Progress", "RefreshReport", "check_layout"]
 
@@ -213,7 +214,9 @@ class Pipeline:
             tick = time.perf_counter()
             self.progress("writing", 0, 0)
             report.output = self.writer.write(
-                tree, progress=lambda done, total: self.progress("writing", done, total)
+                tree,
+                extra_files=self._explorer_page() if self.config.explorer else None,
+                progress=lambda done, total: self.progress("writing", done, total),
             )
             report.generation = report.output.generation
             report.timings["write"] = time.perf_counter() - tick
@@ -475,6 +478,35 @@ class Pipeline:
             index.update(added, removed)
         self._indexed_bits[algorithm.name] = wanted
         return index
+
+    def _explorer_page(self) -> dict[str, bytes]:
+        """The explorer page's files for the generation's root, from the forests just used."""
+        records = {r.id: r for r in self.store.files().values() if r.status == "hashed"}
+        keys = {a.name: self._indexes[a.name].keys() for a in self.algorithms}
+        ids = sorted({k for vertex_keys in keys.values() for k in vertex_keys})
+        position = {file_id: i for i, file_id in enumerate(ids)}
+        thumbs = self.config.store_dir / THUMBNAIL_FOLDER
+        photos = []
+        for file_id in ids:
+            record = records[file_id]
+            thumb = thumbnail_path(thumbs, record.digest) if record.digest else None
+            photos.append(
+                ExplorerPhoto(
+                    path=record.path,
+                    target=os.path.join(self.images, record.path),
+                    thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
+                )
+            )
+        algorithms = [
+            ExplorerAlgorithm(
+                name=a.name,
+                thresholds=a.thresholds,
+                forest=self._indexes[a.name].forest,
+                vertices=[position[k] for k in keys[a.name]],
+            )
+            for a in self.algorithms
+        ]
+        return page_files(photos, algorithms)
 
     def _fingerprint(self) -> str:
         # The store revision ties the output to the data it was built from: a run killed after

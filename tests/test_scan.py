@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from imgclusterd.algorithms import DEFAULT_ALGORITHMS, Algorithm
+from imgclusterd.explorer import DATA_FILE, PAGE_FILES
 
 from .conftest import Workspace, run_cli
 
@@ -94,7 +95,9 @@ def test_output_equals_the_one_shot_scripts(workspace: Workspace) -> None:
     assert result.returncode == 0, result.stderr
     assert "44 images, 44 hashed now, 0 unreadable" in result.stdout
     assert workspace.output.is_symlink()
-    assert sorted(os.listdir(workspace.output)) == sorted(a.name for a in DEFAULT_ALGORITHMS)
+    page = [*PAGE_FILES, DATA_FILE]  # the explorer page beside the algorithm folders
+    algorithms = [a.name for a in DEFAULT_ALGORITHMS]
+    assert sorted(os.listdir(workspace.output)) == sorted(algorithms + page)
     for algorithm in DEFAULT_ALGORITHMS:
         expected = script_layout(workspace.images, algorithm)
         actual = actual_layout(workspace.output, algorithm)

@@ -1,0 +1,203 @@
+"""The explorer page: ``index.html`` at the root of every output generation.
+
+A person opens it straight from disk (``file://``, offline, no server): per algorithm, the sweep
+chart, a threshold slider and the clusters at that threshold as rows of thumbnails. The browser
+computes the clusters itself from each algorithm's minimum spanning forest (single linkage: the
+components at threshold ``t`` are those of the forest's edges ``<= t``, see :mod:`cluster`), so
+the data grows linearly with the library and moving the slider needs no other file.
+
+:func:`page_files` is pure: photos and forests in, file name -> bytes out (the static page,
+style and script, which ship as package data, plus one generated data file). The output writer
+puts them into the generation's root, so the page is swapped together with the tree it shows.
+
+Data file layout (``explorer-data.js``, a ``<script>``: ``fetch`` of a ``file://`` URL is refused
+by browsers, a script is not): one shared photo list, sorted by relative path (the rank the
+tree's cluster numbering breaks ties by), and per algorithm the forest's edges re-indexed into
+that list, as base64 of little-endian ``uint32 u[E] | uint32 v[E] | uint16 w[E]`` sorted by
+weight (about 13 bytes per photo per algorithm).
+
+Names are data, never markup: the data file is JSON with ``<``, ``>``, ``&`` and every
+non-ASCII character escaped, and the page sets text with ``textContent`` only. Undecodable
+bytes in a file name are shown as U+FFFD; links use the exact bytes, percent-encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import numpy as np
+
+__all__ = [
+    "DATA_FILE",
+    "PAGE_FILES",
+    "EdgeList",
+    "ExplorerAlgorithm",
+    "ExplorerPhoto",
+    "page_files",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "explorer-data.js"
+#: The static files, shipped as package data next to this module.
+PAGE_FILES = ("index.html", "explorer.css", "explorer.js")
+_DATA_VERSION = 1
+# Characters quote() leaves as they are (with safe="/"); the page derives a photo's URL from
+# its name when the name holds only these, so the data carries a URL only for the other names.
+_URL_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+class EdgeList(Protocol):
+    """A spanning forest's edges (``cluster.Forest`` is one): vertex ends and weights."""
+
+    @property
+    def u(self) -> np.ndarray: ...
+
+    @property
+    def v(self) -> np.ndarray: ...
+
+    @property
+    def w(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ExplorerPhoto:
+    """One photo as the page shows it.
+
+    ``path``: relative to the images folder (shown, filtered on, and the tie-break rank of the
+    tree's numbering); ``target``: the original's absolute path (what a thumbnail links to);
+    ``thumbnail``: absolute path of an existing thumbnail, or None (a placeholder is shown).
+    """
+
+    path: str
+    target: str
+    thumbnail: str | None = None
+    flat: bool = False
+
+
+@dataclass(frozen=True)
+class ExplorerAlgorithm:
+    """One algorithm: its sweep and forest. Forest vertex ``i`` is ``photos[vertices[i]]``."""
+
+    name: str
+    thresholds: Sequence[int]
+    forest: EdgeList
+    vertices: Sequence[int]
+
+
+def page_files(
+    photos: Sequence[ExplorerPhoto], algorithms: Sequence[ExplorerAlgorithm]
+) -> dict[str, bytes]:
+    """The explorer's files for a generation's root: file name -> content."""
+    files = {name: _static(name) for name in PAGE_FILES}
+    files[DATA_FILE] = data_script(photos, algorithms)
+    return files
+
+
+def data_script(
+    photos: Sequence[ExplorerPhoto], algorithms: Sequence[ExplorerAlgorithm]
+) -> bytes:
+    """The generated data file (see the module doc for its layout)."""
+    order = sorted(range(len(photos)), key=lambda i: photos[i].path)
+    rank = np.empty(len(photos), dtype=np.int64)
+    rank[order] = np.arange(len(photos))
+    ranked = [photos[i] for i in order]
+
+    photo_root = _photo_root(ranked)
+    thumbs = [p.thumbnail for p in ranked]
+    thumb_root = _common_folder([t for t in thumbs if t is not None])
+    names: list[str] = []
+    urls: dict[str, str] = {}
+    for i, photo in enumerate(ranked):
+        name = _display(photo.path)
+        names.append(name)
+        rel = _url_path(os.path.relpath(photo.target, photo_root))
+        if rel != name or not _URL_PLAIN.issuperset(name):
+            urls[str(i)] = rel
+    data: dict[str, Any] = {
+        "version": _DATA_VERSION,
+        "photoRoot": _file_url(photo_root) if ranked else "",
+        "names": names,
+        "urls": urls,
+    }
+    if thumb_root is not None:
+        data["thumbRoot"] = _file_url(thumb_root)
+        data["thumbs"] = [
+            "" if t is None else _url_path(os.path.relpath(t, thumb_root)) for t in thumbs
+        ]
+    flat = [i for i, p in enumerate(ranked) if p.flat]
+    if flat:
+        data["flat"] = flat
+    data["algorithms"] = [_algorithm(a, rank, len(photos)) for a in algorithms]
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    # JSON inside a script: never let a name close a tag or open a comment, even though this is
+    # a file of its own (a page that inlines it later must stay safe too).
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return (
+        "// imgclusterd explorer data, generated with the output tree beside it.\n"
+        f"window.IMGCLUSTERD_DATA = {text};\n"
+    ).encode("ascii")
+
+
+def _algorithm(algorithm: ExplorerAlgorithm, rank: np.ndarray, n: int) -> dict[str, Any]:
+    vertices = np.asarray(algorithm.vertices, dtype=np.int64)
+    forest = algorithm.forest
+    to_photo = rank[vertices] if len(vertices) else np.empty(0, np.int64)
+    u = to_photo[np.asarray(forest.u, dtype=np.int64)].astype("<u4")
+    v = to_photo[np.asarray(forest.v, dtype=np.int64)].astype("<u4")
+    w = np.asarray(forest.w)
+    order = np.argsort(w, kind="stable")  # the page takes a prefix per threshold
+    blob = u[order].tobytes() + v[order].tobytes() + w[order].astype("<u2").tobytes()
+    entry: dict[str, Any] = {
+        "name": algorithm.name,
+        "thresholds": [int(t) for t in algorithm.thresholds],
+        "edgeCount": len(u),
+        "edges": base64.b64encode(blob).decode("ascii"),
+    }
+    if len(vertices) != n:  # the algorithm knows only some of the photos
+        present = np.sort(to_photo).astype("<u4")
+        entry["members"] = base64.b64encode(present.tobytes()).decode("ascii")
+    return entry
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+def _display(path: str) -> str:
+    """A path as text: undecodable bytes (surrogate escapes) become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def _url_path(path: str) -> str:
+    """Percent-encoded bytes of a relative path, ``/`` kept."""
+    return quote(os.fsencode(path), safe="/")
+
+
+def _file_url(folder: str) -> str:
+    return "file://" + quote(os.fsencode(folder.rstrip("/") + "/"), safe="/")
+
+
+def _photo_root(photos: Sequence[ExplorerPhoto]) -> str:
+    """The folder the photos' relative paths start from (the images folder, normally)."""
+    bases = set()
+    for photo in photos:
+        tail = os.sep + photo.path
+        bases.add(photo.target[: -len(tail)] if photo.target.endswith(tail) else None)
+    if len(bases) == 1 and None not in bases:
+        return str(bases.pop())
+    return _common_folder([p.target for p in photos]) or "/"
+
+
+def _common_folder(paths: list[str]) -> str | None:
+    if not paths:
+        return None
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
