@@ -485,11 +485,11 @@ class Pipeline:
         keys = {a.name: self._indexes[a.name].keys() for a in self.algorithms}
         ids = sorted({k for vertex_keys in keys.values() for k in vertex_keys})
         position = {file_id: i for i, file_id in enumerate(ids)}
-        thumbs = self.config.store_dir / THUMBNAIL_FOLDER
+        thumbs = self.config.store_dir / THUMBNAIL_FOLDER if self.config.thumbnails else None
         photos = []
         for file_id in ids:
             record = records[file_id]
-            thumb = thumbnail_path(thumbs, record.digest) if record.digest else None
+            thumb = thumbnail_path(thumbs, record.digest) if thumbs and record.digest else None
             photos.append(
                 ExplorerPhoto(
                     path=record.path,

@@ -173,9 +173,9 @@ def assert_matches_tree(browser: Browser, output: Path, algorithm: str, threshol
     return len(expected)
 
 
-def scan(root: Path, images: Path) -> Path:
+def scan(root: Path, images: Path, *args: str) -> Path:
     result = run_cli("scan", "--images", str(images), "--output", str(root / "output"),
-                     "--state-dir", str(root / "state"), cwd=root)
+                     "--state-dir", str(root / "state"), *args, cwd=root)
     assert result.returncode == 0, result.stderr
     return root / "output" / "index.html"
 
@@ -185,21 +185,12 @@ def scan(root: Path, images: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory, sample_source: Path) -> Iterator[Workspace]:
-    """The sample folder scanned once for the module, with thumbnails for half of the photos
-    at thumbnail_path(<state>/thumbnails, digest), made here by hand (the hashing worker makes
-    them where that feature is on): the other half shows placeholders."""
+    """The sample folder scanned once for the module (thumbnails on, the default)."""
     ws = Workspace(tmp_path_factory.mktemp("explorer"))
     ws.images.parent.mkdir(parents=True)
     shutil.copytree(sample_source, ws.images)
     ws.state.mkdir()
     ws.snapshot()
-    folder = ws.state / THUMBNAIL_FOLDER
-    for photo in sorted(p for p in ws.images.rglob("*") if p.is_file())[::2]:
-        path = thumbnail_path(folder, hashlib.sha256(photo.read_bytes()).digest())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(photo) as image:
-            image.thumbnail((256, 256))
-            image.convert("RGB").save(path, "JPEG", quality=85)
     result = ws.scan()
     assert result.returncode == 0, result.stderr
     yield ws
@@ -289,25 +280,21 @@ def test_filter_by_name(sample: Workspace, browser: Browser) -> None:
     assert matched and all(b"/scene03_" in href_path(h) for h in matched)
 
 
-def test_thumbnails_shown_when_present_placeholders_otherwise(
-        sample: Workspace, browser: Browser) -> None:
-    """The README's screenshot is taken here (IMGCLUSTERD_SCREENSHOT=1 writes docs/)."""
-    workspace = sample
-    folder = workspace.state / THUMBNAIL_FOLDER
-    browser.open(workspace.output / "index.html", "phash_8", 6)
+def test_thumbnails_from_the_state_folder(sample: Workspace, browser: Browser) -> None:
+    """Each thumbnail is thumbnail_path(<state>/thumbnails, digest of the photo) and loads.
+    The README's screenshot is taken here (IMGCLUSTERD_SCREENSHOT=1 writes it into docs/)."""
+    folder = sample.state / THUMBNAIL_FOLDER
+    browser.open(sample.output / "index.html", "phash_8", 6)
     browser.clusters()  # every row rendered
     thumbs = browser.page.eval_on_selector_all(
         ".thumb", "els => els.map(a => [a.href, a.querySelector('img') ?"
-        " a.querySelector('img').src : null, !!a.querySelector('.placeholder')])")
-    assert thumbs
-    for href, src, placeholder in thumbs:
+        " a.querySelector('img').src : null])")
+    assert len(thumbs) == len(list(sample.images.rglob("*.*")))
+    for href, src in thumbs:
         photo = Path(os.fsdecode(href_path(href)))
         thumb = thumbnail_path(folder, hashlib.sha256(photo.read_bytes()).digest())
-        if thumb.exists():
-            assert href_path(src) == os.fsencode(thumb)
-        else:
-            assert src is None and placeholder
-    assert any(src for _, src, _ in thumbs)
+        assert thumb.is_file()
+        assert href_path(src) == os.fsencode(thumb)
     browser.page.wait_for_function(
         "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     shot = browser.page.screenshot(full_page=False)
@@ -330,17 +317,23 @@ def test_empty_library(tmp_path: Path, browser: Browser) -> None:
     assert "No photos yet" in browser.page.text_content("#summary")
 
 
-def test_single_photo(tmp_path: Path, sample_source: Path, browser: Browser) -> None:
+def test_single_photo_without_thumbnails(tmp_path: Path, sample_source: Path,
+                                         browser: Browser) -> None:
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(sample_source / "scene01.jpg", images / "only.jpg")
-    index = scan(tmp_path, images)
+    config = tmp_path / "config.toml"
+    config.write_text("thumbnails = false\n")
+    index = scan(tmp_path, images, "--config", str(config))
     browser.open(index, "phash_8", 19)
     assert browser.page.locator("[data-cluster-size]").count() == 0
     only = browser.page.locator(".unclustered .thumb")
     assert only.count() == 1
     assert href_path(only.get_attribute("href") or "") == os.fsencode(images / "only.jpg")
     assert only.get_attribute("title") == "only.jpg\nunclustered"
+    # No thumbnail: a placeholder with the name, and no image request that could fail.
+    assert only.locator("img").count() == 0
+    assert only.locator(".placeholder").text_content() == "only.jpg"
 
 
 HOSTILE = [
