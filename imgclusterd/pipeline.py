@@ -117,7 +117,14 @@ class Pipeline:
             grace_seconds=config.generation_grace,
         )
         self.writer.check()  # refuse a foreign output before touching anything
-        self.store = Store.open(config.store_dir / STORE_NAME)
+        # One process per output, whatever its state dir: two daemons with different state
+        # dirs would otherwise swap the same OUTPUT in turns.
+        self.writer.acquire()
+        try:
+            self.store = Store.open(config.store_dir / STORE_NAME)
+        except BaseException:
+            self.writer.release()
+            raise
         self._pool: HashPool | None = None
         self._indexes: dict[str, ClusterIndex] = {}
         self._indexed_bits: dict[str, dict[int, bytes]] = {}
@@ -131,7 +138,10 @@ class Pipeline:
         if self._pool is not None:
             self._pool.close(cancel=True)
             self._pool = None
-        self.store.close()
+        try:
+            self.store.close()
+        finally:
+            self.writer.release()
 
     def __enter__(self) -> Pipeline:
         return self

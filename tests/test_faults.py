@@ -562,6 +562,27 @@ def test_second_daemon_refuses(workspace: Workspace, daemons: list[Daemon]) -> N
     daemon.assert_alive()
 
 
+def test_second_daemon_with_another_state_dir_refuses(workspace: Workspace,
+                                                     daemons: list[Daemon]) -> None:
+    """The output has its own owner: a daemon or scan for the same output with a different
+    state dir is refused too (before, both ran and swapped OUTPUT in turns)."""
+    ws = workspace
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    current = os.readlink(ws.output)
+    other = config_for(ws, "other.toml", state_dir=str(ws.root / "other-state"))
+    for command in ("run", "scan"):
+        second = run_cli(command, "--config", str(other), cwd=ws.root, timeout=120)
+        assert second.returncode == 75, (command, second.stderr)
+        assert f"already running (pid {daemon.pid})" in second.stderr
+        assert str(ws.output) in second.stderr
+    daemon.assert_alive()
+    assert os.readlink(ws.output) == current
+    daemon.stop()
+    assert scan(other).returncode == 0  # the owner gone, the output is free
+
+
 @pytest.mark.slow
 def test_daemon_sigkilled_with_busy_worker_restart_gets_lock(
         workspace: Workspace, daemons: list[Daemon]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgclusterd.errors import OutputError
+from imgclusterd.errors import AlreadyRunning, OutputError
 from imgclusterd.output import (
     Link,
     OutputTree,
@@ -549,17 +549,20 @@ def test_interrupted_build_leftovers_are_cleaned(tmp_path: Path) -> None:
     assert read_tree(str(output)) == expected(chain_tree(links))
 
 
-def test_a_second_writer_is_refused_while_one_writes(tmp_path: Path) -> None:
-    import fcntl
-
+def test_a_second_writer_is_refused_while_one_owns_the_output(tmp_path: Path) -> None:
     output = tmp_path / "out"
-    writer = OutputWriter(output)
     links = make_images(tmp_path / "images", 3)
-    writer.write({"phash_8": [ThresholdFolder(0, [], links)]})
-    with open(area_path(output) / "lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    owner = OutputWriter(output)
+    owner.acquire()
+    try:
+        owner.write({"phash_8": [ThresholdFolder(0, [], links)]})
         with pytest.raises(OutputError, match="another imgclusterd"):
             OutputWriter(output).write({"phash_8": [ThresholdFolder(0, [links], [])]})
+        with pytest.raises(AlreadyRunning, match=rf"already running \(pid {os.getpid()}\)"):
+            OutputWriter(output).acquire()
+    finally:
+        owner.release()
+    OutputWriter(output).write({"phash_8": [ThresholdFolder(0, [links], [])]})  # free again
 
 
 # ---------------------------------------------------------------------- readers

@@ -4,13 +4,18 @@
 it, ``<parent>/.<name>.imgclusterd/``, which carries a marker file proving we made it::
 
     MARKER                  "imgclusterd output area v1" -- nothing is deleted without it
-    lock                    flock: one writer per output
     objects/<digest>/       immutable, content-addressed directories (see ``plan``)
     generations/g<seq>-<ms>-<gdigest>/   a real directory: ``<algo> -> ../../objects/<algo obj>``
     pool/<digest>~<slot>~<thr>~<algo>    garbage kept one write for recycling (see ``recycle``)
     tmp/                    objects, generations and symlinks under construction
     links/<xx>/<key>        one symlink inode per (name, target); every photo link of every
                             object is a hard link to one of these (see ``linkstore``)
+
+Ownership: ``<parent>/.<name>.imgclusterd.lock`` beside the area (not in it, so that a deleted
+area does not take the lock with it) is an ``flock`` with the holder's pid, held by the process
+that owns the output for as long as it runs (:meth:`Area.acquire`, the pipeline's life): one
+writer per output, whatever state dir each process uses. A write without an owner takes it for
+its own duration.
 
 Objects are built in ``tmp/`` and renamed into ``objects/`` when complete, children before
 parents, so an object in ``objects/`` is always complete. A generation: its directory is built
@@ -24,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -32,14 +36,15 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from imgclusterd.errors import OutputError
+from imgclusterd.errors import AlreadyRunning, OutputError, StoreError
+from imgclusterd.lock import InstanceLock
 
 from .hooks import GENERATION_BUILT, OBJECT_STAGED, SWAP_LINK_MADE, WriteHooks
 from .linkstore import LinkStore
 from .names import CLUSTER_RE, THRESHOLD_RE
 from .plan import DIGEST_LEN, Role
 
-__all__ = ["DIGEST_RE", "GENERATION_RE", "Area", "area_path", "remove_tree"]
+__all__ = ["DIGEST_RE", "GENERATION_RE", "Area", "area_path", "owner_lock_path", "remove_tree"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,11 @@ _TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-", "spare-")
 def area_path(output: Path) -> Path:
     """The hidden area beside ``output`` that holds generations and objects."""
     return output.parent / f".{output.name}.imgclusterd"
+
+
+def owner_lock_path(output: Path) -> Path:
+    """The lock file of the process that owns ``output`` (beside the area, see above)."""
+    return output.parent / f".{output.name}.imgclusterd.lock"
 
 
 def remove_tree(path: Path) -> None:
@@ -75,6 +85,14 @@ def _syncfs(path: Path) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def symlink_at(dir_fd: int, name: str, target: str) -> None:
@@ -111,6 +129,9 @@ class Area:
         self.links = LinkStore(self.root / "links")
         self.children: dict[str, list[tuple[str, str]]] = {}
         self.reach: dict[str, frozenset[str]] = {}  # generation -> digests (see reachable)
+        self.lock_file = owner_lock_path(output)
+        self._owner: InstanceLock | None = None  # held from acquire() to release()
+        self._owner_identity: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ ownership
 
@@ -175,25 +196,72 @@ class Area:
         for sub in (self.objects, self.generations, self.pool, self.tmp):
             sub.mkdir(exist_ok=True)
 
+    def acquire(self) -> None:
+        """Own the output until :meth:`release`; AlreadyRunning if another process does."""
+        if self._owner is not None:
+            return
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot use the output folder {self.output.parent}: {exc.strerror or exc}"
+            ) from exc
+        lock = InstanceLock(self.lock_file)
+        try:
+            lock.acquire()
+        except StoreError as exc:  # InstanceLock speaks of a state folder: not here
+            cause = exc.__cause__
+            reason = getattr(cause, "strerror", None) or str(cause or exc)
+            raise OutputError(
+                f"cannot use the output folder {self.output.parent}: {reason}"
+            ) from exc
+        except AlreadyRunning as exc:
+            raise AlreadyRunning(
+                exc.pid, f"another imgclusterd process writes the output {self.output}"
+            ) from None
+        self._owner = lock
+        self._owner_identity = _identity(self.lock_file)
+
+    def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.release()
+
+    @property
+    def owned(self) -> bool:
+        return self._owner is not None
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the area's write lock (and the link store open) for a write or a cleanup."""
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        """Hold the output (and the link store open) for a write or a cleanup.
+
+        An owner checks that its lock file is still the one it locked (a deleted or replaced
+        file would let a second writer in) and locks the new one if not; without an owner,
+        the lock is taken for the duration, and a held one is an :class:`OutputError`.
+        """
+        temporary = self._owner is None
+        if temporary:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                self.acquire()
+            except AlreadyRunning as exc:
                 raise OutputError(
-                    f"another imgclusterd process is writing {self.output}; "
+                    f"another imgclusterd process (pid {exc.pid}) is writing {self.output}; "
                     f"only one writer per output"
                 ) from None
+        elif _identity(self.lock_file) != self._owner_identity:
+            log.warning("the output lock %s was deleted or replaced; locking it again",
+                        self.lock_file)
+            self.release()
+            self.acquire()  # AlreadyRunning if another process took the output meanwhile
+        try:
             self.links.open()
             try:
                 yield
             finally:
                 self.links.close()
         finally:
-            os.close(fd)
+            if temporary:
+                self.release()
 
     # ------------------------------------------------------------------ building
 

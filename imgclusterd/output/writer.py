@@ -95,6 +95,16 @@ class OutputWriter:
         """Raise :class:`OutputError` if ``output`` or its area exists and is not ours."""
         self._area.check()
 
+    def acquire(self) -> None:
+        """Own the output until :meth:`release` (or exit): a second process that tries to
+        write it, whatever its state dir, gets :class:`AlreadyRunning` ("already running
+        (pid N)"). Without it, each write takes the lock for its own duration only."""
+        self._area.acquire()
+
+    def release(self) -> None:
+        """Give the output up (idempotent)."""
+        self._area.release()
+
     def current_generation(self) -> str | None:
         """The name of the generation ``output`` points at, or None if there is none of ours."""
         name = self._area.current_name()
