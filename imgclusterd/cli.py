@@ -7,6 +7,7 @@ and the error's exit code; nothing else is caught, so a real bug still shows its
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import select
@@ -150,6 +151,46 @@ def build_parser() -> argparse.ArgumentParser:
         "touches the images, the store, the config file or the output.",
     )
     uninstall.set_defaults(handler=cmd_uninstall_service)
+
+    export = commands.add_parser(
+        "export",
+        help="print the clusters from the store as JSON or CSV (for scripts)",
+        description="Prints the clusters of every configured algorithm at every threshold of "
+        "its sweep, from the store: nothing is re-hashed and no output tree is needed, and it "
+        "works while the daemon runs. Clusters are numbered exactly as the output tree's "
+        "folders; every member has its path, hash and content digest. The JSON schema is in "
+        "the README.",
+    )
+    _add_config_options(export)
+    export.add_argument("--algorithm", metavar="A",
+                        help="only this algorithm (e.g. phash_8; default: all configured)")
+    export.add_argument("--threshold", type=int, metavar="T",
+                        help="only this threshold (default: every threshold of the sweep; "
+                        "without --algorithm: the algorithms whose sweep holds T)")
+    export.add_argument("--format", choices=["json", "csv"], default="json",
+                        help="json (default; schema in the README) or csv (one row per "
+                        "member: algorithm,threshold,cluster,size,path,hash,digest)")
+    export.set_defaults(handler=cmd_export)
+
+    similar = commands.add_parser(
+        "similar",
+        help="list the indexed photos nearest to PHOTO by Hamming distance",
+        description="Hashes PHOTO on the fly (it may be outside the images folder; nothing is "
+        "stored) the way the daemon hashes, and lists the indexed photos nearest to it, "
+        "nearest first. Works while the daemon runs.",
+    )
+    _add_config_options(similar)
+    similar.add_argument("photo", type=Path, metavar="PHOTO", help="the photo to look up")
+    similar.add_argument("--algorithm", metavar="A",
+                         help="the hash to compare (default: the first configured, phash_8)")
+    similar.add_argument("--max-distance", type=int, metavar="D",
+                         help="farthest Hamming distance listed (default: the algorithm's "
+                         "largest threshold)")
+    similar.add_argument("--limit", type=int, default=20, metavar="N",
+                         help="at most N photos (default: 20; 0: all within the distance)")
+    similar.add_argument("--json", action="store_true",
+                         help="machine-readable output (shape in the README)")
+    similar.set_defaults(handler=cmd_similar)
 
     sample = commands.add_parser(
         "sample",
@@ -324,6 +365,31 @@ def cmd_config(args: argparse.Namespace) -> int:
         elif key == "workers" and not value:
             value = f"0 (one per core: {config.worker_count})"
         print(f"{key} = {value}    # {loaded.sources.get(key, 'default')}")
+    return 0
+
+
+def _raw_stdout() -> None:
+    """Paths that are not valid UTF-8 are printed as their original bytes, not a crash."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    _raw_stdout()
+    export(_load(args).config, sys.stdout, algorithm=args.algorithm,
+           threshold=args.threshold, fmt=args.format)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from . import similar
+
+    result = similar.find_similar(_load(args).config, args.photo, algorithm=args.algorithm,
+                                  max_distance=args.max_distance, limit=args.limit or None)
+    _raw_stdout()
+    print(similar.to_json(result) if args.json else similar.render(result))
     return 0
 
 

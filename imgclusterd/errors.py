@@ -5,7 +5,9 @@
     ├── ImagesFolderError       the images folder is missing or not a directory
     ├── OutputError             the output path is not ours, or cannot be written
     ├── StoreError              the hash store is corrupt, foreign or too new
-    └── AlreadyRunning          another daemon holds the lock for this images folder
+    ├── AlreadyRunning          another daemon holds the lock for this images folder
+    ├── UsageError              a command-line value that cannot work (names the valid ones)
+    └── PhotoError              a photo named on the command line cannot be read or decoded
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ __all__ = [
     "ImagesFolderError",
     "ImgclusterdError",
     "OutputError",
+    "PhotoError",
     "StoreError",
+    "UsageError",
 ]
 
 
@@ -63,3 +67,15 @@ class AlreadyRunning(ImgclusterdError):
         message = f"already running (pid {pid if pid is not None else 'unknown'})"
         super().__init__(f"{message}{': ' + hint if hint else ''}")
         self.pid = pid
+
+
+class UsageError(ImgclusterdError):
+    """An option value that cannot work, e.g. an algorithm that is not configured."""
+
+    exit_code = 64  # EX_USAGE
+
+
+class PhotoError(ImgclusterdError):
+    """A photo given on the command line is missing, unreadable or not an image."""
+
+    exit_code = 66  # EX_NOINPUT

@@ -32,7 +32,14 @@ from .pool import HashPool
 from .store import STORE_NAME, Store
 from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
 
-__all__ = ["SETTLE_SECONDS", "Pipeline", "Progress", "RefreshReport", "check_layout"]
+__all__ = [
+    "SETTLE_SECONDS",
+    "Pipeline",
+    "Progress",
+    "RefreshReport",
+    "check_layout",
+    "hash_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +106,7 @@ class Pipeline:
         self.progress: Progress = progress or (lambda phase, done, total: None)
         self.clock = clock
         self.algorithms: tuple[Algorithm, ...] = config.algorithm_set
-        self.plan = HashPlan(
-            algorithms=self.algorithms,
-            decode=config.decode,
-            exif_transpose=config.exif_transpose,
-            max_image_pixels=config.max_image_pixels or None,
-            max_file_bytes=config.max_file_mb * 2**20 or None,
-            thumbnail_folder=(
-                os.fspath(config.store_dir / THUMBNAIL_FOLDER) if config.thumbnails else None
-            ),
-            thumbnail_size=config.thumbnail_size,
-        )
+        self.plan = hash_plan(config)
         check_layout(config)
         self.writer = OutputWriter(
             config.output,
@@ -525,6 +522,24 @@ class Pipeline:
         parts.append(f"revision:{self.store.revision()}")
         parts += [f"{a.name}:{a.max_threshold}:{a.step}" for a in self.algorithms]
         return "|".join(parts)
+
+
+def hash_plan(config: Config, *, thumbnails: bool = True) -> HashPlan:
+    """How the workers hash a photo of this config (``imgclusterd similar`` hashes its photo
+    the same way, without a thumbnail: the same algorithm set decides fast mode's scale)."""
+    return HashPlan(
+        algorithms=config.algorithm_set,
+        decode=config.decode,
+        exif_transpose=config.exif_transpose,
+        max_image_pixels=config.max_image_pixels or None,
+        max_file_bytes=config.max_file_mb * 2**20 or None,
+        thumbnail_folder=(
+            os.fspath(config.store_dir / THUMBNAIL_FOLDER)
+            if config.thumbnails and thumbnails
+            else None
+        ),
+        thumbnail_size=config.thumbnail_size,
+    )
 
 
 def _facts_now(path: str) -> FileFacts | None:

@@ -223,6 +223,16 @@ class Store:
         """Bumped by every transaction that changed files or hashes (0 for a new store)."""
         return int(self.get_state("revision") or 0)
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every query inside sees the same committed state, even while
+        the daemon commits (WAL readers keep their snapshot until the transaction ends)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
