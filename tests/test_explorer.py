@@ -96,7 +96,8 @@ class Browser:
     def wait_shown(self, algorithm: str, threshold: int | None) -> None:
         self.page.wait_for_function(
             "([a, t]) => document.getElementById('algorithm').value === a &&"
-            " document.getElementById('threshold-value').textContent === String(t)",
+            " document.getElementById('threshold-value').textContent === String(t) &&"
+            " document.getElementById('clusters').dataset.complete === 'true'",
             arg=[algorithm, threshold],
         )
 
@@ -433,3 +434,30 @@ def test_ties_are_numbered_as_the_tree_with_a_subset_algorithm(tmp_path: Path,
             alone = browser.page.eval_on_selector_all(".unclustered .thumb",
                                                       "els => els.length")
             assert alone == min(60, len(partition.unclustered))
+
+
+def test_many_clusters_all_arrive(tmp_path: Path, browser: Browser) -> None:
+    """Above a few hundred clusters the rows after the first ones are built in background
+    chunks (the slider stays responsive): all of them still arrive, in the tree's order."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, size=(700, 8), dtype=np.uint8)
+    packed = np.repeat(base, 2, axis=0)  # 700 exact pairs
+    names = [f"p{i:05d}.jpg" for i in range(len(packed))]
+    index: ClusterIndex[str] = ClusterIndex(limit=19, nbytes=8)
+    index.update({name: packed[i].tobytes() for i, name in enumerate(names)})
+    images = tmp_path / "images"
+    photos = [ExplorerPhoto(path=name, target=os.fspath(images / name)) for name in names]
+    thresholds = Algorithm.from_name("phash_8", 20, 1).thresholds
+    vertices = [int(key[1:6]) for key in index.keys()]  # noqa: SIM118 (a method, not a dict)
+    files = page_files(photos, [ExplorerAlgorithm("phash_8", thresholds, index.forest, vertices)])
+    site = tmp_path / "site"
+    site.mkdir()
+    for name, content in files.items():
+        (site / name).write_bytes(content)
+    for threshold, partition in zip((0, 19), index.sweep([0, 19]), strict=True):
+        browser.open(site / "index.html", "phash_8", threshold)
+        shown = browser.page.eval_on_selector_all(
+            "[data-cluster-size]",
+            "els => els.map(e => [e.dataset.cluster, e.dataset.clusterSize])")
+        assert len(partition.clusters) > 200
+        assert shown == [[str(i), str(len(c))] for i, c in enumerate(partition.clusters, 1)]

@@ -11,7 +11,7 @@ style and script, which ship as package data, plus one generated data file). The
 puts them into the generation's root, so the page is swapped together with the tree it shows.
 
 Data file layout (``explorer-data.js``, a ``<script>``: ``fetch`` of a ``file://`` URL is refused
-by browsers, a script is not): one shared photo list, sorted by relative path (the rank the
+by browsers, a script is not; it holds one ``JSON.parse('...')``): one shared photo list, sorted by relative path (the rank the
 tree's cluster numbering breaks ties by), and per algorithm the forest's edges re-indexed into
 that list, as base64 of little-endian ``uint32 u[E] | uint32 v[E] | uint16 w[E]`` sorted by
 weight (about 13 bytes per photo per algorithm).
@@ -141,9 +141,13 @@ def data_script(
     # JSON inside a script: never let a name close a tag or open a comment, even though this is
     # a file of its own (a page that inlines it later must stay safe too).
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    # JSON.parse of one string literal, not an object literal: V8 parses megabytes of JSON
+    # several times faster than the same data as JavaScript (measured: 0.16 s against 1.1 s
+    # for 20,000 photos). The text is ASCII without line breaks; escape \ and ' for the quotes.
+    literal = text.replace("\\", "\\\\").replace("'", "\\'")
     return (
         "// imgclusterd explorer data, generated with the output tree beside it.\n"
-        f"window.IMGCLUSTERD_DATA = {text};\n"
+        f"window.IMGCLUSTERD_DATA = JSON.parse('{literal}');\n"
     ).encode("ascii")
 
 

@@ -10,6 +10,8 @@
   const DATA = window.IMGCLUSTERD_DATA;
   const CHUNK = 60; // thumbnails rendered when a row scrolls into view
   const MORE = 240; // thumbnails added per "more" step
+  const ROWS = 200; // cluster rows built before the first paint; the rest follow in chunks
+  const ROWS_CHUNK = 300; // cluster rows built per background task (~10 ms)
   const $ = (id) => document.getElementById(id);
   const SVG = "http://www.w3.org/2000/svg";
   const NONE = 65535;
@@ -247,32 +249,35 @@
   }, { rootMargin: "200px 0px" });
 
   let needle = "";
-  function matches(i) { return names[i].toLowerCase().includes(needle); }
+  let lowered = null; // names in lower case, made on the first filter
+  function matches(i) { return lowered[i].includes(needle); }
 
-  function row(kind, list, clustered, heading, href, sizeText) {
-    const section = document.createElement("section");
-    section.className = kind;
+  // One row: <section><h2><a>#001</a> <span class=size>5 photos</span></h2><div class=thumbs>.
+  // Cloned from a template: thousands of rows are built per slider move.
+  const template = document.createElement("section");
+  {
     const h = document.createElement("h2");
-    if (href) {
-      const a = document.createElement("a");
-      a.href = href;
-      a.textContent = heading;
-      h.append(a);
-    } else {
-      h.append(heading);
-    }
-    const s = document.createElement("span");
-    s.className = "size";
-    s.textContent = sizeText;
-    h.append(" ", s);
+    const size = document.createElement("span");
+    size.className = "size";
+    h.append(document.createElement("a"), " ", size);
     const box = document.createElement("div");
     box.className = "thumbs";
-    section.append(h, box);
+    template.append(h, box);
+  }
+  function row(kind, list, clustered, heading, href, sizeText) {
+    const section = template.cloneNode(true);
+    section.className = kind;
+    const link = section.firstChild.firstChild;
+    link.href = href;
+    link.textContent = heading;
+    section.firstChild.lastChild.textContent = sizeText;
     rows.set(section, { list, clustered, done: 0 });
     rowObserver.observe(section);
     return section;
   }
 
+  let renderCount = 0;
+  let pendingRows = 0;
   function render() {
     const started = performance.now();
     const alg = state.algo;
@@ -288,19 +293,43 @@
     ui.value.textContent = String(t);
     const view = partition(alg, k);
     needle = state.filter.toLowerCase();
-    const frag = document.createDocumentFragment();
-    let shown = 0;
+    if (needle !== "" && lowered === null) lowered = names.map((n) => n.toLowerCase());
+    const shown = [];
     for (let rank = 0; rank < view.count; rank++) {
-      const list = view.members.subarray(view.start[rank], view.start[rank + 1]);
-      if (needle !== "" && !list.some(matches)) continue;
-      const section = row("cluster", list, true, `#${pad(rank + 1)}`,
-        folderHref(alg, t, view, rank), `${list.length} photos`);
-      section.dataset.clusterSize = String(list.length);
-      section.dataset.cluster = String(rank + 1);
-      frag.append(section);
-      shown++;
+      if (needle === "" || view.members.subarray(view.start[rank], view.start[rank + 1]).some(matches)) {
+        shown.push(rank);
+      }
     }
-    ui.clusters.replaceChildren(frag);
+    const build = (from, to) => {
+      const frag = document.createDocumentFragment();
+      for (let j = from; j < to; j++) {
+        const rank = shown[j];
+        const list = view.members.subarray(view.start[rank], view.start[rank + 1]);
+        const section = row("cluster", list, true, `#${pad(rank + 1)}`,
+          folderHref(alg, t, view, rank), `${list.length} photos`);
+        section.dataset.clusterSize = String(list.length);
+        section.dataset.cluster = String(rank + 1);
+        frag.append(section);
+      }
+      return frag;
+    };
+    // The first rows now, the others in background chunks (a threshold with thousands of
+    // clusters must not hold the slider); #clusters[data-complete] says when all are there.
+    const mine = ++renderCount;
+    clearTimeout(pendingRows);
+    let next = Math.min(ROWS, shown.length);
+    ui.clusters.replaceChildren(build(0, next));
+    ui.clusters.dataset.complete = String(next === shown.length);
+    const moreRows = () => {
+      if (mine !== renderCount) return;
+      const end = Math.min(shown.length, next + ROWS_CHUNK);
+      ui.clusters.append(build(next, end));
+      next = end;
+      if (next < shown.length) pendingRows = setTimeout(moreRows, 0);
+      else ui.clusters.dataset.complete = "true";
+    };
+    // After the next frame: the rows on screen are painted before the background work starts.
+    if (next < shown.length) requestAnimationFrame(() => { pendingRows = setTimeout(moreRows, 0); });
     const alone = needle === "" ? view.unclustered : view.unclustered.filter(matches);
     ui.unclustered.replaceChildren();
     if (alone.length) {
@@ -313,7 +342,7 @@
     ui.nLargest.textContent = String(big);
     let text = `${alg.name}, threshold ${t}: ${view.count} clusters, ` +
       `${view.unclustered.length} unclustered, ${alg.count} photos.`;
-    if (needle !== "") text += ` Filter "${state.filter}": ${shown} clusters, ${alone.length} unclustered photos match.`;
+    if (needle !== "") text += ` Filter "${state.filter}": ${shown.length} clusters, ${alone.length} unclustered photos match.`;
     if (alg.count === 0) text = "No photos yet: the clusters appear here once photos are hashed.";
     ui.summary.textContent = text;
     if (view.count === 0 && alg.count > 0 && needle === "") {
