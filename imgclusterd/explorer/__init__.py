@@ -11,10 +11,11 @@ style and script, which ship as package data, plus one generated data file). The
 puts them into the generation's root, so the page is swapped together with the tree it shows.
 
 Data file layout (``explorer-data.js``, a ``<script>``: ``fetch`` of a ``file://`` URL is refused
-by browsers, a script is not; it holds one ``JSON.parse('...')``): one shared photo list, sorted by relative path (the rank the
-tree's cluster numbering breaks ties by), and per algorithm the forest's edges re-indexed into
-that list, as base64 of little-endian ``uint32 u[E] | uint32 v[E] | uint16 w[E]`` sorted by
-weight (about 13 bytes per photo per algorithm).
+by browsers, a script is not; it holds one ``JSON.parse('...')``): one shared photo list, sorted
+by relative path (the rank the tree's cluster numbering breaks ties by), and per algorithm the
+forest's edges re-indexed into that list, as base64 of little-endian
+``uint32 u[E] | uint32 v[E] | uint16 w[E]`` sorted by weight (about 13 bytes per photo per
+algorithm).
 
 Names are data, never markup: the data file is JSON with ``<``, ``>``, ``&`` and every
 non-ASCII character escaped, and the page sets text with ``textContent`` only. Undecodable
