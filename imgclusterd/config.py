@@ -103,6 +103,10 @@ class Config(BaseModel):
     rescan_interval: float = Field(default=3600.0, ge=10)
     watcher: Literal["auto", "inotify", "polling"] = "auto"
     poll_interval: float = Field(default=5.0, gt=0)
+    # photos that vanish
+    vanished_retention: float = Field(default=30 * 86_400.0, ge=0)
+    mass_removal_fraction: float = Field(default=0.5, gt=0, le=1)
+    mass_removal_grace: float = Field(default=600.0, ge=0)
 
     @field_validator("extensions")
     @classmethod

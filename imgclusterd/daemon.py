@@ -98,6 +98,7 @@ class Daemon:
         self._last_status = ""
         self._next_rescan = 0.0
         self._retry_at: float | None = None
+        self._recheck_at: float | None = None  # see RefreshReport.held_until
         from .debounce import Debouncer  # local: keeps the import list of the wiring visible
 
         self.debouncer = Debouncer(
@@ -218,6 +219,9 @@ class Daemon:
             self.debouncer.request_rescan("periodic rescan")
             # +-25 %, as Syncthing does: daemons of several folders do not all rescan together.
             self._next_rescan = now + self.config.rescan_interval * random.uniform(0.75, 1.25)
+        if self._recheck_at is not None and now >= self._recheck_at:
+            self._recheck_at = None
+            self.debouncer.request_rescan("photos that vanished at once: still gone?")
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
             self.debouncer.request_rescan("retrying a failed refresh")
@@ -247,7 +251,8 @@ class Daemon:
         log.debug("refresh: %s", why)
         self._set_phase("scanning")
         try:
-            report = self.pipeline.refresh()
+            # Only a rescan walks the whole folder; a batch of events looks at its paths.
+            report = self.pipeline.refresh(dirty=None if batch.rescan else batch.paths)
         except ImagesFolderError as exc:
             self._wait_for_root(str(exc))
             return
@@ -263,6 +268,9 @@ class Daemon:
         if report.deferred:
             # Still being written (or changed while hashed): look again after the next quiet.
             self.debouncer.add(report.deferred)
+        if report.held_until is not None:
+            # Photos vanished en masse are kept for now; a full rescan decides after the grace.
+            self._recheck_at = self.clock() + max(0.0, report.held_until - time.time())
         if report.interrupted:
             return
         self.refreshes += 1
@@ -319,6 +327,7 @@ class Daemon:
 
     def _log_refresh(self, report: RefreshReport) -> None:
         timings = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
+        timings += "; walked the folder" if report.full else "; looked at the changed paths"
         if report.output is not None:
             log.info(
                 "refresh done: %s (%s; %d links written, %d folders reused)",

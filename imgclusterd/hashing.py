@@ -100,10 +100,12 @@ class FileFacts:
     mtime_ns: int
     inode: int
     device: int
+    ctime_ns: int = 0  # a replaced file of the same size and mtime still has a new ctime
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> FileFacts:
-        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
+                   ctime_ns=st.st_ctime_ns)
 
 
 @dataclass

@@ -14,10 +14,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import reconcile
 from .algorithms import Algorithm, hash_hex
@@ -29,10 +28,11 @@ from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
 from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
 from .pool import HashPool
-from .store import STORE_NAME, Store
+from .store import STORE_NAME, FileRecord, Store
 from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
 
 __all__ = [
+    "MASS_REMOVAL_MIN",
     "SETTLE_SECONDS",
     "Pipeline",
     "Progress",
@@ -51,6 +51,8 @@ Progress = Callable[[str, int, int], None]
 SETTLE_SECONDS = 10.0
 
 _COMMIT_EVERY = 64  # hash results per store transaction: few fsyncs, little lost on a crash
+#: Fewer vanished photos than this are never a "mass" disappearance (a small folder tidied).
+MASS_REMOVAL_MIN = 10
 _PROGRESS_EVERY = 0.5  # seconds between progress calls while digesting (watchdog pings)
 
 
@@ -61,8 +63,13 @@ class RefreshReport:
     images: int = 0  # hashed photos known after this refresh
     hashed: int = 0  # decoded and hashed now
     copies: int = 0  # recognised by content digest (copy or move across folders), not decoded
+    verified: int = 0  # known path, new facts, same content digest: not decoded
     moved: int = 0
     removed: int = 0
+    kept: int = 0  # not seen (their folder could not be listed) but kept
+    held: int = 0  # vanished in a mass disappearance: kept for now (see _hold_mass_removal)
+    held_until: float | None = None  # when a rescan decides about the held ones (clock time)
+    full: bool = True  # walked the whole folder (False: looked at the dirty paths only)
     unreadable: int = 0  # known unreadable after this refresh
     new_unreadable: list[tuple[str, str]] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)  # still changing: retry later
@@ -128,6 +135,8 @@ class Pipeline:
         self._output_cleaned = False  # a write cleans up too; see refresh()
         self._thumbnails_done_at: int | None = None  # store revision of the last full pass
         self._thumbnail_failures: set[bytes] = set()  # digests that did not decode: not again
+        #: Called with each folder the refresh lists (tests count them; None in use).
+        self.on_folder: Callable[[str], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -156,37 +165,69 @@ class Pipeline:
 
     # -- one refresh ------------------------------------------------------------------------
 
-    def refresh(self, *, force_output: bool = False) -> RefreshReport:
+    def refresh(
+        self, *, force_output: bool = False, dirty: Iterable[str] | None = None
+    ) -> RefreshReport:
         """Bring store and output up to date with the images folder. Raises ImagesFolderError
         when the folder is missing, or empty while photos are known (an unmounted drive must
-        never look like a mass deletion)."""
+        never look like a mass deletion).
+
+        ``dirty`` (paths absolute or relative to the images folder, as the watcher reports
+        them) limits the look at the disk to those paths -- a folder among them is walked --
+        so a refresh after a few events costs those events, not the library's size. None
+        walks everything (start-up, periodic rescan, SIGHUP, lost events). With
+        ``follow_symlinks`` every refresh walks everything: which real path a photo is
+        listed under depends on the whole tree.
+        """
         started = self.clock()
         tick = time.perf_counter()
         report = RefreshReport()
 
         self.progress("scanning", 0, 0)
-        listing = self._walk()
+        listing, known = self._look(dirty, report)
         report.skipped = listing.skipped
-        known = self.store.files()
-        if not listing.files and known:
+        if (
+            report.full
+            and not listing.files
+            and known
+            and "" not in listing.unlisted
+        ):
             raise ImagesFolderError(
                 f"images folder {self.images} is empty but {len(known)} photos are known; "
                 "keeping them and the output (is a drive unmounted?)"
             )
         names = [a.name for a in self.algorithms]
-        complete = self.store.complete_ids(names, self.plan.decode)
-        work = reconcile.plan(listing.files, known, complete, self.plan.decode)
+        ids = None if report.full else [r.id for r in known.values()]
+        complete = self.store.complete_ids(names, self.plan.decode, ids)
+        work = reconcile.plan(
+            listing.files, known, complete, self.plan.decode, unseen=listing.unseen
+        )
+        report.kept = len(work.kept)
+        if report.full:
+            self._record_folder_warnings(listing, work)
+        self._hold_mass_removal(work, report)
         # Digests first, outside any transaction (file reads must not hold the write lock);
         # then copies, moves and removals in one transaction, copies first so that a copy whose
         # original vanished in this same refresh (cp + rm, a move across filesystems) still
         # finds the original's row and hashes.
-        digests, to_decode = self._digest_candidates(work.to_hash, known, listing.files)
+        digests, same, to_decode = self._digest_candidates(work, known, listing.files)
+        if same or work.backfill:
+            # New facts, same content (touched, chmod, copied back): nothing the output shows.
+            with self.store.transaction(revise=False):
+                for path in [*same, *work.backfill]:
+                    self.store.update_facts(path, listing.files[path])
+            report.verified = len(same)
+            if same:
+                log.info("%d photos changed only in their file facts (not re-hashed)", len(same))
         if digests or work.moved or work.removed:
             with self.store.transaction():
                 self._reuse_copies(digests, listing.files, report, to_decode)
                 # Interrupted while digesting: keep the vanished rows, so that the next refresh
                 # can still recognise the copies not digested yet instead of decoding them.
                 self._apply_moves(work, listing.files, report, remove=not self.stop.is_set())
+        if report.full and self.config.vanished_retention >= 0:
+            with self.store.transaction(revise=False):
+                self.store.purge_vanished(self.clock() - self.config.vanished_retention)
         to_decode.sort()
         report.timings["scan"] = time.perf_counter() - tick
 
@@ -246,6 +287,7 @@ class Pipeline:
                 "images": report.images,
                 "unreadable": report.unreadable,
                 "hashed": report.hashed,
+                "full": report.full,
                 "clusters": report.clusters,
                 "timings": {k: round(v, 3) for k, v in report.timings.items()},
             },
@@ -302,18 +344,110 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _walk(self) -> reconcile.Listing:
+    def _look(
+        self, dirty: Iterable[str] | None, report: RefreshReport
+    ) -> tuple[reconcile.Listing, dict[str, FileRecord]]:
+        """The disk and the store's records for the same scope: everything, or the dirty
+        paths (and everything under those that are folders)."""
         if not self.images.is_dir():
             raise ImagesFolderError(
                 f"images folder {self.images} does not exist or is not a folder "
                 "(set `images` in the config or pass --images)"
             )
-        return reconcile.walk(
-            self.images,
-            self.config.extensions,
-            follow_symlinks=self.config.follow_symlinks,
-            exclude=[self.config.output, self.config.store_dir],
+        exclude = [self.config.output, self.config.store_dir]
+        if dirty is None or self.config.follow_symlinks:
+            report.full = True
+            listing = reconcile.walk(
+                self.images,
+                self.config.extensions,
+                follow_symlinks=self.config.follow_symlinks,
+                exclude=exclude,
+                on_folder=self.on_folder,
+            )
+            return listing, self.store.files()
+        report.full = False
+        paths = {rel for rel in map(self._relative, dirty) if rel is not None}
+        listing, _ = reconcile.look(
+            self.images, paths, self.config.extensions, exclude=exclude,
+            on_folder=self.on_folder,
         )
+        # Every dirty path counts as a folder too: a folder deleted or moved away is only a
+        # missing path now, and the store's records under it must be looked at as well.
+        return listing, self.store.files(paths=paths, folders=paths)
+
+    def _relative(self, path: str) -> str | None:
+        """A dirty path relative to the images folder, or None when it is not under it. The
+        watcher reports paths under the configured folder; a path under its resolved form
+        (the folder is a symlink) is accepted too."""
+        if not os.path.isabs(path):
+            return os.path.normpath(path)
+        for root in (os.fspath(self.images), self._resolved_images):
+            if path.startswith(root.rstrip(os.sep) + os.sep):
+                return os.path.normpath(path[len(root.rstrip(os.sep)) + 1 :])
+        return None
+
+    @property
+    def _resolved_images(self) -> str:
+        return os.path.realpath(self.images)
+
+    def _record_folder_warnings(self, listing: reconcile.Listing, work: reconcile.Plan) -> None:
+        """Folders that could not be listed, for status: their photos are kept, not removed,
+        which is right for a passing permission problem and wrong for ever if nobody knows."""
+        warnings = []
+        reasons = dict(listing.skipped)
+        for folder in listing.unlisted:
+            under = sum(1 for p in work.kept if not folder or p.startswith(folder + "/"))
+            reason = reasons.get(folder or ".", "cannot list folder")
+            warnings.append(
+                f"folder {folder or '.'} in the images folder: {reason}; its {under} known "
+                "photos are kept as they were until it can be read again"
+            )
+        for path in sorted(listing.unknown):
+            warnings.append(f"{path} in the images folder: {reasons.get(path, 'cannot stat')}; "
+                            "kept as it was")
+        if warnings or self.store.get_state("folder_warnings"):
+            self.store.set_state("folder_warnings", warnings)
+        for warning in warnings:
+            log.warning("%s", warning)
+
+    def _hold_mass_removal(self, work: reconcile.Plan, report: RefreshReport) -> None:
+        """Most photos vanishing at once is a folder deleted, unmounted or moved away to be
+        brought back, far more often than a decision to drop them: keep them (store and
+        output unchanged), say so in status, and apply the removal only if they are still
+        gone ``mass_removal_grace`` seconds after the last one came back. Once applied, the
+        removal is not held again. Moves are not held: their photos are still there.
+        """
+        hold = self.store.get_state("vanish_hold")
+        now = self.clock()
+        grace = self.config.mass_removal_grace
+        missing = len(work.removed)
+        if hold is None:
+            known = self.store.counts()["known"]
+            if missing < MASS_REMOVAL_MIN or missing <= self.config.mass_removal_fraction * known:
+                return
+            hold = {"since": now, "changed": now, "missing": missing, "known": known}
+            log.warning(
+                "%d of %d known photos vanished at once; keeping them and the output for "
+                "%.0f s in case they come back (mass_removal_grace)", missing, known, grace,
+            )
+        elif report.full:
+            if missing == 0:
+                log.info("the vanished photos are back (or moved): nothing to remove")
+                self.store.set_state("vanish_hold", None)
+                return
+            if missing < hold["missing"]:
+                hold.update(changed=now, missing=missing)  # coming back: wait on
+            if now >= hold["changed"] + grace:
+                log.warning("%d photos are still gone after %.0f s: removing them", missing,
+                            now - hold["since"])
+                self.store.set_state("vanish_hold", None)
+                return
+        elif missing == 0:
+            return
+        report.held = missing
+        report.held_until = hold["changed"] + grace
+        work.removed = []
+        self.store.set_state("vanish_hold", hold)
 
     def _apply_moves(
         self,
@@ -328,7 +462,8 @@ class Pipeline:
         now = self.clock()
         for old, new in work.moved:
             self.store.move(old, new, disk[new], now)
-        self.store.remove(removed)
+        # Kept by digest for vanished_retention: a photo that comes back is not decoded again.
+        self.store.retire(removed, now)
         report.moved, report.removed = len(work.moved), len(removed)
         for old, new in work.moved:
             log.info("moved: %s -> %s (not re-hashed)", old, new)
@@ -336,34 +471,46 @@ class Pipeline:
             log.info("removed %d photos no longer on disk", len(removed))
 
     def _digest_candidates(
-        self, paths: list[str], known: dict[str, Any], disk: dict[str, reconcile.Facts]
-    ) -> tuple[dict[str, bytes], list[str]]:
-        """Content digests of the new paths that may be copies of a known photo (a copy, or a
-        move across filesystems), and the paths that are not: (digests, to decode).
+        self, work: reconcile.Plan, known: dict[str, FileRecord], disk: dict[str, reconcile.Facts]
+    ) -> tuple[dict[str, bytes], list[str], list[str]]:
+        """Content digests that spare a decode: (digests of new paths that may be copies of
+        a known or vanished photo, known paths whose content is unchanged, paths to decode).
 
-        Only files whose size matches a known hashed photo are read. ``known`` is the store as
-        it was before this refresh, so photos that vanished in it still count. This reads whole
-        files, so it reports progress (the daemon's watchdog ping rides on it) and stops early
-        when asked: paths not digested yet are simply left to decode (the hashing stage does
-        nothing once stop is set, and the next refresh looks at them again).
+        A new path is read only when a hashed photo of its size is known. A path to verify
+        (same size, new mtime/inode/ctime) is read and compared with its own digest. This
+        reads whole files, so it reports progress (the daemon's watchdog ping rides on it)
+        and stops early when asked: paths not digested yet are simply left to decode (the
+        hashing stage does nothing once stop is set, and the next refresh looks again).
         """
-        sizes = {r.size for r in known.values() if r.digest is not None and r.status == "hashed"}
-        candidates = [p for p in paths if p not in known and disk[p][0] in sizes]
-        others = [p for p in paths if p in known or disk[p][0] not in sizes]
+        candidates, others = [], []
+        for path in work.to_hash:
+            if path not in known and self.store.size_known(disk[path][0]):
+                candidates.append(path)
+            else:
+                others.append(path)
+        reads = [(p, False) for p in candidates] + [(p, True) for p in work.to_verify]
         digests: dict[str, bytes] = {}
+        same: list[str] = []
         last = time.monotonic()
-        for done, path in enumerate(candidates):
+        for done, (path, verify) in enumerate(reads):
             if self.stop.is_set():
-                others += candidates[done:]
+                others += [p for p, _ in reads[done:]]
                 break
             if time.monotonic() - last >= _PROGRESS_EVERY:
-                self.progress("scanning", done, len(candidates))
+                self.progress("scanning", done, len(reads))
                 last = time.monotonic()
             try:
-                digests[path] = file_digest(os.path.join(self.images, path))
+                digest = file_digest(os.path.join(self.images, path))
             except OSError:
                 others.append(path)
-        return digests, others
+                continue
+            if not verify:
+                digests[path] = digest
+            elif digest == known[path].digest:
+                same.append(path)
+            else:
+                others.append(path)
+        return digests, same, others
 
     def _reuse_copies(
         self,
@@ -414,7 +561,7 @@ class Pipeline:
                     result.facts = _facts_now(result.path)
                 if result.unstable or result.facts is None:
                     if result.error == "vanished":
-                        self.store.remove([path])
+                        self.store.retire([path], now)
                     else:
                         report.deferred.append(path)
                     continue
@@ -423,6 +570,7 @@ class Pipeline:
                     result.facts.mtime_ns,
                     result.facts.inode,
                     result.facts.device,
+                    result.facts.ctime_ns,
                 )
                 if result.error is None:
                     self.store.put_hashed(

@@ -20,7 +20,8 @@ The JSON shape (``status --json``) is stable; new keys may be added, none remove
                  # hashed by the running daemon (0 when it is not running)
       "unreadable_examples": [{"path": str, "reason": str}, ...],
       "last_refresh": {"finished": str (ISO 8601), "seconds": float, "generation": str | null,
-                       "hashed": int} | null,
+                       "hashed": int, "full": bool} | null,
+                       # full: walked the whole folder (false: looked at changed paths only)
       "images": str, "output": str, "store": str,
       "watcher": {"mode": str | null, "warnings": [str, ...]},
       "warnings": [str, ...]   # problems seen from outside, e.g. the store's disk is full
@@ -77,6 +78,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                 daemon = store.get_state("daemon") or {}
                 last = store.get_state("last_refresh")
                 examples = store.unreadable(limit=5)
+                status["warnings"] += store_warnings(store)
         except StoreError as exc:
             status["message"] = str(exc)
         else:
@@ -94,6 +96,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                     "seconds": last.get("seconds"),
                     "generation": last.get("generation"),
                     "hashed": last.get("hashed", 0),
+                    "full": last.get("full", True),
                 }
     if pid is not None:
         status["pid"] = pid
@@ -116,6 +119,21 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     elif daemon:
         status["phase"] = "stopped"
     return status
+
+
+def store_warnings(store: Store) -> list[str]:
+    """What the last refreshes left for the user to know: folders that could not be read
+    (their photos are kept), photos that vanished at once (kept for a grace period)."""
+    warnings = list(store.get_state("folder_warnings") or [])
+    hold = store.get_state("vanish_hold")
+    if hold:
+        since = dt.datetime.fromtimestamp(hold["since"]).strftime("%H:%M")
+        warnings.append(
+            f"{hold['missing']} of {hold['known']} known photos vanished at once (since "
+            f"{since}): they stay in the store and the output in case they come back; removed "
+            "only if still gone after mass_removal_grace"
+        )
+    return warnings
 
 
 #: Below this much free space a store commit or an output write is about to fail.

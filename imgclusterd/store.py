@@ -25,13 +25,13 @@ from urllib.parse import quote
 
 from .errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "STORE_NAME", "FileRecord", "Store"]
+__all__ = ["SCHEMA_VERSION", "STORE_NAME", "Facts", "FileRecord", "Store"]
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "store.sqlite"
 APPLICATION_ID = 0x49434C44  # "ICLD": tells our store from any other SQLite file
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Named migrations, applied in order; each runs in one transaction with the version bump.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -67,7 +67,29 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "ctime and vanished rows",
+        # ctime_ns: a file replaced by another with the same size and mtime (cp -p, a restore)
+        # has a new inode or ctime; NULL for rows written before, filled in on the next look.
+        # gone: unix time a hashed file was last seen missing. Its row and hashes are kept for
+        # `vanished_retention` seconds, so a photo that comes back (moved out and in again, a
+        # folder restored) is recognised by its digest instead of decoded again. Rows with
+        # `gone` set are invisible to everything but the digest lookup.
+        # files_size: "is there a known photo of this size?" without reading every row, for
+        # a refresh that looks only at the paths that changed.
+        """
+        ALTER TABLE files ADD COLUMN ctime_ns INTEGER;
+        ALTER TABLE files ADD COLUMN gone REAL;
+        CREATE INDEX files_size ON files(size);
+        """,
+    ),
 ]
+
+
+#: (size, mtime_ns, inode, device, ctime_ns): what tells whether a file changed. Callers may
+#: pass the first four only (ctime then unknown).
+Facts = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,12 @@ class FileRecord:
     status: str
     reason: str | None
     decode: str | None
+    ctime_ns: int | None = None  # None: recorded before the store kept it
+    gone: float | None = None  # when it was seen missing (a vanished row, see migration 2)
+
+    @property
+    def facts(self) -> Facts:
+        return (self.size, self.mtime_ns, self.inode, self.device, self.ctime_ns or 0)
 
 
 class Store:
@@ -198,18 +226,20 @@ class Store:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, revise: bool = True) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
 
         A transaction that changed rows also bumps the store's :meth:`revision`, in the same
         commit: the output is rebuilt when the revision it was built from is not the current
         one, so a crash between this commit and the output swap is repaired on the next run.
+        ``revise=False`` is for changes the output does not show (new facts of the same
+        content): they must not cost a new generation.
         """
         self._db.execute("BEGIN IMMEDIATE")
         before = self._db.total_changes
         try:
             yield
-            if self._db.total_changes != before:
+            if revise and self._db.total_changes != before:
                 self._db.execute(
                     "INSERT INTO state (key, value) VALUES ('revision', '1') "
                     "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
@@ -238,40 +268,89 @@ class Store:
 
     # -- files ------------------------------------------------------------------------------
 
-    _COLUMNS = "id, path, size, mtime_ns, inode, device, digest, status, reason, decode"
+    _COLUMNS = (
+        "id, path, size, mtime_ns, inode, device, digest, status, reason, decode, ctime_ns, gone"
+    )
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> FileRecord:
         return FileRecord(row[0], os.fsdecode(row[1]), *row[2:])
 
-    def files(self) -> dict[str, FileRecord]:
-        """Every known file by relative path."""
-        rows = self._db.execute(f"SELECT {self._COLUMNS} FROM files")
-        return {record.path: record for record in map(self._record, rows)}
+    def files(self, paths: Iterable[str] | None = None, folders: Iterable[str] = ()
+              ) -> dict[str, FileRecord]:
+        """Known files (not vanished) by relative path: every one, or only ``paths`` and
+        those under ``folders`` (relative folder paths, "" for all) when either is given."""
+        if paths is None and not folders:
+            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM files WHERE gone IS NULL")
+            return {record.path: record for record in map(self._record, rows)}
+        found: dict[str, FileRecord] = {}
+        for path in paths or ():
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM files WHERE path = ? AND gone IS NULL",
+                (os.fsencode(path),),
+            ).fetchone()
+            if row:
+                found[path] = self._record(row)
+        for folder in folders:
+            if not folder:
+                return self.files()
+            # Paths are bytes: everything under b"a/b/" sorts between b"a/b/" and b"a/b0"
+            # ("0" follows "/"), so the primary key's index answers without a scan.
+            low = os.fsencode(folder.rstrip("/")) + b"/"
+            high = low[:-1] + b"0"
+            rows = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM files WHERE path >= ? AND path < ? "
+                "AND gone IS NULL",
+                (low, high),
+            )
+            found.update((r.path, r) for r in map(self._record, rows))
+        return found
 
     def find_digest(self, digest: bytes) -> FileRecord | None:
-        """A hashed file with this content, if any (for copies and moves)."""
+        """A hashed file with this content, if any (for copies and moves); a present file is
+        preferred to a vanished one."""
         row = self._db.execute(
-            f"SELECT {self._COLUMNS} FROM files WHERE digest = ? AND status = 'hashed' LIMIT 1",
+            f"SELECT {self._COLUMNS} FROM files WHERE digest = ? AND status = 'hashed' "
+            "ORDER BY gone IS NOT NULL LIMIT 1",
             (digest,),
         ).fetchone()
         return self._record(row) if row else None
 
-    def complete_ids(self, algorithms: Iterable[str], decode: str) -> set[int]:
-        """Ids of hashed files that have a hash for every one of ``algorithms`` in ``decode``."""
+    def size_known(self, size: int) -> bool:
+        """Is there a hashed file (present or vanished) with this size? Only then can a new
+        file be a copy or a returning photo worth reading for its digest."""
+        row = self._db.execute(
+            "SELECT 1 FROM files WHERE size = ? AND status = 'hashed' AND digest IS NOT NULL "
+            "LIMIT 1",
+            (size,),
+        ).fetchone()
+        return row is not None
+
+    def complete_ids(
+        self, algorithms: Iterable[str], decode: str, ids: Iterable[int] | None = None
+    ) -> set[int]:
+        """Ids of hashed files that have a hash for every one of ``algorithms`` in ``decode``
+        (among ``ids`` when given)."""
         names = list(algorithms)
         marks = ",".join("?" * len(names))
-        rows = self._db.execute(
+        query = (
             f"SELECT file_id FROM hashes WHERE decode = ? AND algorithm IN ({marks}) "
-            "GROUP BY file_id HAVING count(*) = ?",
-            (decode, *names, len(names)),
+            "GROUP BY file_id HAVING count(*) = ?"
         )
-        return {row[0] for row in rows}
+        if ids is None:
+            rows = self._db.execute(query, (decode, *names, len(names)))
+            return {row[0] for row in rows}
+        one = query.replace("WHERE", "WHERE file_id = ? AND", 1)
+        return {
+            file_id
+            for file_id in ids
+            if self._db.execute(one, (file_id, decode, *names, len(names))).fetchone()
+        }
 
     def put_hashed(
         self,
         path: str,
-        facts: tuple[int, int, int, int],
+        facts: Facts,
         digest: bytes | None,
         hashes: Mapping[str, bytes],
         decode: str,
@@ -286,18 +365,27 @@ class Store:
         )
         return file_id
 
-    def put_unreadable(
-        self, path: str, facts: tuple[int, int, int, int], reason: str, now: float
-    ) -> int:
+    def put_unreadable(self, path: str, facts: Facts, reason: str, now: float) -> int:
         """Record why a file could not be hashed; it is retried only when it changes."""
         file_id = self._upsert(path, facts, None, "unreadable", reason, None, now)
         self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
         return file_id
 
-    def copy_hashes(
-        self, source: FileRecord, path: str, facts: tuple[int, int, int, int], now: float
-    ) -> int:
-        """A new path with the same content as ``source``: reuse its hashes, no decoding."""
+    def copy_hashes(self, source: FileRecord, path: str, facts: Facts, now: float) -> int:
+        """A new path with the same content as ``source``: reuse its hashes, no decoding.
+
+        A vanished ``source`` (a photo that left and came back) is brought back as this path:
+        its row, not a copy of it, so nothing of it stays behind."""
+        if source.gone is not None:
+            self._db.execute(
+                "DELETE FROM files WHERE path = ? AND id != ?", (os.fsencode(path), source.id)
+            )
+            self._db.execute(
+                "UPDATE files SET path = ?, size = ?, mtime_ns = ?, inode = ?, device = ?, "
+                "ctime_ns = ?, gone = NULL, updated = ? WHERE id = ?",
+                (os.fsencode(path), *_facts5(facts), now, source.id),
+            )
+            return source.id
         file_id = self._upsert(path, facts, source.digest, "hashed", None, source.decode, now)
         self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
         self._db.execute(
@@ -307,39 +395,74 @@ class Store:
         )
         return file_id
 
-    def move(self, old: str, new: str, facts: tuple[int, int, int, int], now: float) -> None:
+    def move(self, old: str, new: str, facts: Facts, now: float) -> None:
         """A renamed or moved file: same row (and hashes), new path and facts."""
         self._db.execute("DELETE FROM files WHERE path = ?", (os.fsencode(new),))
         self._db.execute(
             "UPDATE files SET path = ?, size = ?, mtime_ns = ?, inode = ?, device = ?, "
-            "updated = ? WHERE path = ?",
-            (os.fsencode(new), *facts, now, os.fsencode(old)),
+            "ctime_ns = ?, updated = ? WHERE path = ?",
+            (os.fsencode(new), *_facts5(facts), now, os.fsencode(old)),
+        )
+
+    def update_facts(self, path: str, facts: Facts) -> None:
+        """Same content under new facts (touched, chmod, restored by a copy): no new hashes.
+        Changes nothing the output shows, so use a ``transaction(revise=False)``."""
+        self._db.execute(
+            "UPDATE files SET size = ?, mtime_ns = ?, inode = ?, device = ?, ctime_ns = ? "
+            "WHERE path = ?",
+            (*_facts5(facts), os.fsencode(path)),
         )
 
     def remove(self, paths: Iterable[str]) -> int:
+        """Forget these files now, hashes and all."""
         cursor = self._db.executemany(
             "DELETE FROM files WHERE path = ?", [(os.fsencode(p),) for p in paths]
         )
         return cursor.rowcount
 
+    def retire(self, paths: Iterable[str], now: float) -> int:
+        """Files no longer on disk: hashed ones become vanished rows (kept by digest until
+        :meth:`purge_vanished`), the others are forgotten. Returns how many paths left."""
+        encoded = [(os.fsencode(p),) for p in paths]
+        kept = self._db.executemany(
+            "UPDATE files SET gone = ? WHERE path = ? AND gone IS NULL AND status = 'hashed' "
+            "AND digest IS NOT NULL",
+            [(now, *p) for p in encoded],
+        ).rowcount
+        forgotten = self._db.executemany(
+            "DELETE FROM files WHERE path = ? AND gone IS NULL", encoded
+        ).rowcount
+        return kept + forgotten
+
+    def purge_vanished(self, before: float) -> int:
+        """Forget vanished rows seen missing before ``before`` (unix time)."""
+        return self._db.execute("DELETE FROM files WHERE gone < ?", (before,)).rowcount
+
+    def vanished_count(self) -> int:
+        return int(self._db.execute(
+            "SELECT count(*) FROM files WHERE gone IS NOT NULL"
+        ).fetchone()[0])
+
     def _upsert(
         self,
         path: str,
-        facts: tuple[int, int, int, int],
+        facts: Facts,
         digest: bytes | None,
         status: str,
         reason: str | None,
         decode: str | None,
         now: float,
     ) -> int:
+        # A vanished row at this path is taken over (its old hashes are replaced by the
+        # caller), so a path is never both present and vanished.
         row = self._db.execute(
-            "INSERT INTO files (path, size, mtime_ns, inode, device, digest, status, reason, "
-            "decode, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO files (path, size, mtime_ns, inode, device, ctime_ns, digest, status, "
+            "reason, decode, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
-            "inode = excluded.inode, device = excluded.device, digest = excluded.digest, "
-            "status = excluded.status, reason = excluded.reason, decode = excluded.decode, "
-            "updated = excluded.updated RETURNING id",
-            (os.fsencode(path), *facts, digest, status, reason, decode, now),
+            "inode = excluded.inode, device = excluded.device, ctime_ns = excluded.ctime_ns, "
+            "digest = excluded.digest, status = excluded.status, reason = excluded.reason, "
+            "decode = excluded.decode, updated = excluded.updated, gone = NULL RETURNING id",
+            (os.fsencode(path), *_facts5(facts), digest, status, reason, decode, now),
         ).fetchone()
         return int(row[0])
 
@@ -349,7 +472,7 @@ class Store:
         """(file id, relative path, packed bits) of every hashed file for one algorithm."""
         rows = self._db.execute(
             "SELECT f.id, f.path, h.bits FROM hashes h JOIN files f ON f.id = h.file_id "
-            "WHERE h.algorithm = ? AND h.decode = ? AND f.status = 'hashed'",
+            "WHERE h.algorithm = ? AND h.decode = ? AND f.status = 'hashed' AND f.gone IS NULL",
             (algorithm, decode),
         )
         return [(row[0], os.fsdecode(row[1]), row[2]) for row in rows]
@@ -357,7 +480,9 @@ class Store:
     # -- counts and state (for status) -----------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT status, count(*) FROM files GROUP BY status")
+        rows = self._db.execute(
+            "SELECT status, count(*) FROM files WHERE gone IS NULL GROUP BY status"
+        )
         counts = {"hashed": 0, "unreadable": 0}
         counts.update({status: n for status, n in rows})
         counts["known"] = counts["hashed"] + counts["unreadable"]
@@ -381,6 +506,12 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
         )
+
+
+def _facts5(facts: Facts) -> tuple[int, int, int, int, int | None]:
+    """(size, mtime_ns, inode, device, ctime_ns or None when not given)."""
+    size, mtime_ns, inode, device = facts[:4]
+    return (size, mtime_ns, inode, device, facts[4] if len(facts) > 4 else None)
 
 
 def _uri(path: Path, mode: str) -> str:

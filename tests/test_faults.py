@@ -177,6 +177,8 @@ def worker_pids(pid: int) -> list[int]:
     """The hashing workers of an imgclusterd process: children of its fork server."""
     workers: list[int] = []
     for child in children(pid):
+        if cmdline(child) == cmdline(pid):
+            continue  # forked, not exec'd yet: the fork server (or a spawned worker) starting
         if "forkserver" in cmdline(child):
             workers += children(child)
         elif "resource_tracker" not in cmdline(child):
