@@ -461,3 +461,29 @@ def test_many_clusters_all_arrive(tmp_path: Path, browser: Browser) -> None:
             "els => els.map(e => [e.dataset.cluster, e.dataset.clusterSize])")
         assert len(partition.clusters) > 200
         assert shown == [[str(i), str(len(c))] for i, c in enumerate(partition.clusters, 1)]
+
+
+def test_data_file_grows_linearly_under_100_bytes_per_photo_per_algorithm() -> None:
+    """The 14 default algorithms over one shared photo list: the budget the page is designed
+    for (benchmarks/bench_explorer.py measures it at 20,000 photos with real forests)."""
+    from imgclusterd.algorithms import DEFAULT_ALGORITHMS
+    from imgclusterd.cluster import Forest
+
+    def size(n: int) -> int:
+        rng = np.random.default_rng(n)
+        photos = [ExplorerPhoto(path=f"2024/trip {i % 9}/IMG_{i:05d}.jpg",
+                                target=f"/home/me/Pictures/2024/trip {i % 9}/IMG_{i:05d}.jpg",
+                                thumbnail=f"/home/me/.local/state/t/{i % 256:02x}/{i:064x}.jpg")
+                  for i in range(n)]
+        algorithms = []
+        for algorithm in DEFAULT_ALGORITHMS:
+            w = np.sort(rng.integers(0, algorithm.max_threshold, n - 1)).astype(np.uint16)
+            forest = Forest(n, np.arange(n - 1, dtype=np.int32),
+                            rng.integers(0, n, n - 1).astype(np.int32), w)
+            algorithms.append(ExplorerAlgorithm(algorithm.name, algorithm.thresholds, forest,
+                                                range(n)))
+        return len(page_files(photos, algorithms)[DATA_FILE])
+
+    small, large = size(1000), size(4000)
+    assert large / (4000 * len(DEFAULT_ALGORITHMS)) < 100
+    assert 3.6 < large / small < 4.4

@@ -28,6 +28,7 @@ import base64
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -53,7 +54,7 @@ PAGE_FILES = ("index.html", "explorer.css", "explorer.js")
 _DATA_VERSION = 1
 # Characters quote() leaves as they are (with safe="/"); the page derives a photo's URL from
 # its name when the name holds only these, so the data carries a URL only for the other names.
-_URL_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+_URL_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
 class EdgeList(Protocol):
@@ -120,8 +121,8 @@ def data_script(
     for i, photo in enumerate(ranked):
         name = _display(photo.path)
         names.append(name)
-        rel = _url_path(os.path.relpath(photo.target, photo_root))
-        if rel != name or not _URL_PLAIN.issuperset(name):
+        rel = _url_path(_relative(photo.target, photo_root))
+        if rel != name or not _URL_PLAIN.fullmatch(name):
             urls[str(i)] = rel
     data: dict[str, Any] = {
         "version": _DATA_VERSION,
@@ -132,7 +133,7 @@ def data_script(
     if thumb_root is not None:
         data["thumbRoot"] = _file_url(thumb_root)
         data["thumbs"] = [
-            "" if t is None else _url_path(os.path.relpath(t, thumb_root)) for t in thumbs
+            "" if t is None else _url_path(_relative(t, thumb_root)) for t in thumbs
         ]
     flat = [i for i, p in enumerate(ranked) if p.flat]
     if flat:
@@ -184,7 +185,16 @@ def _display(path: str) -> str:
 
 def _url_path(path: str) -> str:
     """Percent-encoded bytes of a relative path, ``/`` kept."""
+    if _URL_PLAIN.fullmatch(path):  # most names: nothing to encode (quote costs ~10 us each)
+        return path
     return quote(os.fsencode(path), safe="/")
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root``, one of its folders (string slicing: relpath normalises
+    both paths each time, half the cost of the data file at 20,000 photos)."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
 
 
 def _file_url(folder: str) -> str:
@@ -203,6 +213,10 @@ def _photo_root(photos: Sequence[ExplorerPhoto]) -> str:
 
 
 def _common_folder(paths: list[str]) -> str | None:
+    """The deepest folder holding every one of these absolute paths."""
     if not paths:
         return None
-    return os.path.commonpath([os.path.dirname(p) for p in paths])
+    # Every string between the smallest and the largest shares their common prefix, so two
+    # paths decide it: O(N) comparisons instead of splitting all 20,000 paths.
+    lo, hi = min(paths), max(paths)
+    return os.path.dirname(lo) if lo == hi else os.path.commonpath([lo, hi])
