@@ -252,24 +252,29 @@ def _write_json(
             "step": algorithm.step,
         }
         out.write(("," if i else "") + "\n " + json.dumps(info)[:-1] + ', "thresholds": [')
+        encoded: dict[int, str] = {}  # each member serialised once, not once per threshold
         for j, part in enumerate(thresholds):
-            item = {
-                "threshold": part.threshold,
-                "folder": part.folder,
-                "unclustered": part.unclustered,
-                "clusters": [
-                    {
-                        "number": number,
-                        "folder": f"{str(number).zfill(3)}_{len(cluster)}",
-                        "size": len(cluster),
-                        "members": [m.to_json() for m in cluster],
-                    }
-                    for number, cluster in enumerate(part.clusters, start=1)
-                ],
-            }
-            out.write(("," if j else "") + "\n  " + json.dumps(item))
+            out.write(("," if j else "") + "\n  " + _threshold_json(part, encoded))
         out.write("\n ]}")
     out.write("\n]}\n")
+
+
+def _threshold_json(part: ThresholdClusters, encoded: dict[int, str]) -> str:
+    def member(m: Member) -> str:
+        text = encoded.get(id(m))
+        if text is None:
+            text = encoded[id(m)] = json.dumps(m.to_json())
+        return text
+
+    clusters = ",".join(
+        f'{{"number": {number}, "folder": "{str(number).zfill(3)}_{len(cluster)}", '
+        f'"size": {len(cluster)}, "members": [{", ".join(map(member, cluster))}]}}'
+        for number, cluster in enumerate(part.clusters, start=1)
+    )
+    head = json.dumps(
+        {"threshold": part.threshold, "folder": part.folder, "unclustered": part.unclustered}
+    )
+    return f'{head[:-1]}, "clusters": [{clusters}]}}'
 
 
 def _write_csv(out: TextIO, parts: Iterator[tuple[Algorithm, list[ThresholdClusters]]]) -> None:

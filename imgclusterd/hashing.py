@@ -65,6 +65,7 @@ _FAST_OVERSAMPLE = 4
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"}
 
 _heif_registered: bool | None = None
+_thumbnail_warned = False
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,11 @@ def _thumbnail(image: Image.Image, digest: bytes, plan: HashPlan, path: str) -> 
     try:
         write_thumbnail(folder, digest, render_thumbnail(image, plan.thumbnail_size))
     except Exception as exc:  # a full disk or an odd mode: the photo is still hashed
-        logger.warning("no thumbnail for %s: %s", path, _describe(exc))
+        global _thumbnail_warned
+        # Once per worker: a full or read-only state folder would otherwise log every photo.
+        log = logger.debug if _thumbnail_warned else logger.warning
+        _thumbnail_warned = True
+        log("no thumbnail for %s: %s", path, _describe(exc))
         return False
     return True
 
