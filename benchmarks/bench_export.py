@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import io
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +99,9 @@ def main() -> None:
         distance_matrix_rows(packed.reshape(len(rows) + 1, -1), np.array([len(rows)]))
         print(f"| similar: store read + distances (phash_8) | "
               f"{time.perf_counter() - started:.2f} | {time.process_time() - cpu:.2f} | |")
-        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\npeak RSS of the whole run {peak:.0f} MB; load average at the end: "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
