@@ -48,9 +48,12 @@ def colourfulness(jpeg: bytes) -> float:
 
 
 def store_digests(state: Path) -> set[bytes]:
+    """Contents of the photos present (a vanished photo's row is kept a while, ``gone`` set)."""
     db = sqlite3.connect(f"file:{state / 'store.sqlite'}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT digest FROM files WHERE status = 'hashed'").fetchall()
+        rows = db.execute(
+            "SELECT digest FROM files WHERE status = 'hashed' AND gone IS NULL"
+        ).fetchall()
     finally:
         db.close()
     return {row[0] for row in rows}
