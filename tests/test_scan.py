@@ -233,10 +233,22 @@ def test_missing_images_folder_and_bad_config_are_one_line_errors(tmp_path: Path
     assert bad.stderr.count("\n") == 1 and "workers" in bad.stderr
 
 
-@pytest.mark.parametrize(
-    "command",
-    ["scan", "config", "sample", "status", "run", "install-service", "uninstall-service"],
-)
+def _commands() -> list[str]:
+    """Every subcommand the parser knows, so a new command is covered without editing here."""
+    import argparse
+
+    from imgclusterd.cli import build_parser
+
+    actions = build_parser()._actions
+    sub = next(a for a in actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+def test_the_command_list_is_complete() -> None:
+    assert {"scan", "run", "status", "export", "similar", "sample"} <= set(_commands())
+
+
+@pytest.mark.parametrize("command", _commands())
 def test_every_command_has_help(tmp_path: Path, command: str) -> None:
     result = run_cli(command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "usage: imgclusterd" in result.stdout
