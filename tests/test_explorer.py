@@ -279,6 +279,12 @@ def test_filter_by_name(sample: Workspace, browser: Browser) -> None:
     assert len(shown) < len(expected)
     matched = browser.page.eval_on_selector_all(".thumb.match", "els => els.map(a => a.href)")
     assert matched and all(b"/scene03_" in href_path(h) for h in matched)
+    # In each row the matching photos come first (visible even in a cluster of thousands).
+    for flags in browser.page.eval_on_selector_all(
+            "[data-cluster-size]",
+            "els => els.map(e => [...e.querySelectorAll('.thumb')].map(a =>"
+            " a.classList.contains('match')))"):
+        assert flags[0] and flags == sorted(flags, reverse=True)
 
 
 def test_thumbnails_from_the_state_folder(sample: Workspace, browser: Browser) -> None:

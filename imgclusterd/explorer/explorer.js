@@ -304,7 +304,10 @@
       const frag = document.createDocumentFragment();
       for (let j = from; j < to; j++) {
         const rank = shown[j];
-        const list = view.members.subarray(view.start[rank], view.start[rank + 1]);
+        let list = view.members.subarray(view.start[rank], view.start[rank + 1]);
+        // Filtering: the matching photos first, so they are among the thumbnails shown even
+        // in a cluster of thousands.
+        if (needle !== "") list = Int32Array.from([...list.filter(matches), ...list.filter((i) => !matches(i))]);
         const section = row("cluster", list, true, `#${pad(rank + 1)}`,
           folderHref(alg, t, view, rank), `${list.length} photos`);
         section.dataset.clusterSize = String(list.length);
