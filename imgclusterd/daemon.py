@@ -418,7 +418,7 @@ class Daemon:
         elif (
             self.state.phase not in ("waiting", "starting")
             and self._retry_at is None  # a failed write already retries on its own
-            and not os.path.lexists(self.config.output)
+            and not os.path.exists(self.config.output)  # deleted, or dangling (area deleted)
         ):
             log.warning("the output %s was deleted; writing it again", self.config.output)
             self.debouncer.request_rescan("output deleted")

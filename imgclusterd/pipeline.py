@@ -250,6 +250,7 @@ class Pipeline:
             or current is None
             or last.get("fingerprint") != fingerprint
             or last.get("generation") != current
+            or self.writer.needs_repair()  # a folder of it deleted or changed: write again
         ):
             tick = time.perf_counter()
             self.progress("clustering", 0, len(self.algorithms))

@@ -470,6 +470,47 @@ def test_output_symlink_deleted_while_running_is_recreated(workspace: Workspace,
     assert_recovered(ws)
 
 
+def test_scan_makes_a_deleted_output_area_again(workspace: Workspace) -> None:
+    """OUTPUT left dangling by a deleted hidden area is still ours: a scan writes a new area
+    (before: refused for ever as "a symlink ... outside" the very area it names)."""
+    ws = workspace
+    config = config_for(ws)
+    assert scan(config).returncode == 0
+    shutil.rmtree(ws.output.parent / f".{ws.output.name}.imgclusterd")
+    again = scan(config)
+    assert again.returncode == 0, again.stderr
+    assert_recovered(ws)
+
+
+@pytest.mark.slow
+def test_daemon_repairs_a_damaged_output(workspace: Workspace, daemons: list[Daemon]) -> None:
+    """A link deleted through OUTPUT comes back at the next rescan (SIGHUP here); a deleted
+    hidden area (OUTPUT dangling) is noticed without any event and written again."""
+    ws = workspace
+    daemon = Daemon(ws, config_for(ws))
+    daemons.append(daemon.start())
+    daemon.wait_idle(images=44)
+    victim = ws.output / min(output_links(ws.output))
+    os.unlink(victim)
+    daemon.assert_alive()
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for(lambda: (daemon.assert_alive(), os.path.lexists(victim))[1],
+             "the deleted link to be repaired")
+    area = ws.output.parent / f".{ws.output.name}.imgclusterd"
+
+    def area_removed() -> bool:  # idle-time spares may be writing into it: try again
+        shutil.rmtree(area, ignore_errors=True)
+        return not os.path.lexists(area)
+
+    wait_for(area_removed, "the output area to be deleted")
+    wait_for(lambda: (daemon.assert_alive(), os.path.exists(ws.output))[1],
+             "the output area to be made again")
+    daemon.wait_idle(images=44)
+    daemon.stop()
+    assert "not made by imgclusterd" not in daemon.log()
+    assert_recovered(ws)
+
+
 @pytest.mark.slow
 def test_state_dir_deleted_while_running_is_recreated(workspace: Workspace,
                                                       daemons: list[Daemon]) -> None:

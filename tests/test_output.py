@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -563,6 +564,125 @@ def test_a_second_writer_is_refused_while_one_owns_the_output(tmp_path: Path) ->
     finally:
         owner.release()
     OutputWriter(output).write({"phash_8": [ThresholdFolder(0, [links], [])]})  # free again
+
+
+# ---------------------------------------------------------------------- damage
+
+
+def shared_leaf(output: Path, tree: OutputTree) -> tuple[Path, list[str]]:
+    """A cluster folder that several thresholds share (one object), and the paths to it."""
+    uses: dict[str, list[str]] = {}
+    for algo, sweep in expected(tree).items():
+        for thr, folders in sweep.items():
+            for folder in folders:
+                path = os.path.join(algo, thr, folder)
+                uses.setdefault(os.path.realpath(output / path), []).append(path)
+    real, paths = max(uses.items(), key=lambda item: len(item[1]))
+    assert len(paths) > 1
+    return Path(real), paths
+
+
+def test_a_link_deleted_inside_a_shared_folder_is_repaired(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 30)
+    tree = chain_tree(links)
+    output = tmp_path / "out"
+    writer = OutputWriter(output, clock=Clock())
+    first = writer.write(tree)
+    assert not writer.needs_repair()
+    leaf, paths = shared_leaf(output, tree)
+    victim = sorted(os.listdir(output / paths[0]))[0]
+    os.unlink(output / paths[0] / victim)  # through OUTPUT: every threshold sharing it lost it
+    os.symlink("/etc/hostname", output / paths[1] / "intruder.jpg")
+    (output / paths[1] / "my-notes.txt").write_bytes(b"a user's file")
+    assert writer.needs_repair()
+    report = writer.write(tree)
+    assert report.objects_repaired == 1 and report.objects_written == 0
+    assert not report.swapped and report.generation == first.generation
+    want = expected(tree)
+    for path in paths:
+        algo, thr, folder = path.split(os.sep)
+        assert os.readlink(output / path / victim) == want[algo][thr][folder][victim]
+        assert not os.path.lexists(output / path / "intruder.jpg")
+    assert (leaf / "my-notes.txt").read_bytes() == b"a user's file"  # not ours: left alone
+    assert not writer.needs_repair()
+    (leaf / "my-notes.txt").unlink()
+    assert read_tree(str(output)) == want
+
+
+def test_a_touched_folder_is_compared_not_rewritten(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 30)
+    tree = chain_tree(links)
+    output = tmp_path / "out"
+    writer = OutputWriter(output, clock=Clock())
+    writer.write(tree)
+    leaf, _ = shared_leaf(output, tree)
+    os.utime(leaf)  # `touch`: the stamp is gone, the content is intact
+    inodes = {entry.name: entry.inode() for entry in os.scandir(leaf)}
+    assert writer.needs_repair()
+    report = writer.write(tree)
+    assert report.objects_repaired == 0 and not report.swapped
+    assert {entry.name: entry.inode() for entry in os.scandir(leaf)} == inodes
+    assert not writer.needs_repair()
+
+
+def test_deleted_folders_and_generation_are_rebuilt(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 30)
+    tree = chain_tree(links)
+    output = tmp_path / "out"
+    writer = OutputWriter(output, clock=Clock())
+    first = writer.write(tree)
+    leaf, _ = shared_leaf(output, tree)
+    shutil.rmtree(leaf)
+    assert writer.needs_repair()
+    again = writer.write(tree)
+    assert again.objects_written == 1 and again.generation == first.generation
+    assert read_tree(str(output)) == expected(tree)
+    os.unlink(Path(os.path.realpath(output)) / "phash_8")  # the generation itself damaged
+    assert writer.needs_repair()
+    fresh = writer.write(tree)
+    assert fresh.swapped and fresh.generation != first.generation
+    assert fresh.objects_written == 0  # every folder reused
+    assert read_tree(str(output)) == expected(tree)
+    shutil.rmtree(os.path.realpath(output))  # the current generation deleted
+    assert writer.current_generation() is None
+    writer.write(tree)
+    assert read_tree(str(output)) == expected(tree)
+
+
+def test_damaged_folders_never_spread_through_recycling(tmp_path: Path) -> None:
+    """Retired folders are patched from what we remember of them: a damaged one must be read
+    from disk instead, or its hole reappears in the folder made from it."""
+    rng = random.Random(5)
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    clock = Clock()
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=1)
+    for round_ in range(12):
+        tree = chain_tree(rng.sample(links, rng.randrange(20, 40)))
+        clock.now += 1
+        writer.write(tree)
+        assert read_tree(str(output)) == expected(tree)
+        objects = area_path(output) / "objects"
+        for digest in rng.sample(sorted(os.listdir(objects)), 6):
+            entries = sorted(os.listdir(objects / digest))
+            if entries:
+                os.unlink(objects / digest / rng.choice(entries))
+            os.symlink("/etc/hostname", objects / digest / f"intruder{round_}.jpg")
+
+
+def test_a_deleted_area_with_output_dangling_is_made_again(tmp_path: Path) -> None:
+    links = make_images(tmp_path / "images", 30)
+    tree = chain_tree(links)
+    output = tmp_path / "out"
+    OutputWriter(output).write(tree)
+    shutil.rmtree(area_path(output))
+    assert os.path.islink(output) and not os.path.exists(output)
+    writer = OutputWriter(output)
+    writer.check()  # ours, dangling: not "not made by imgclusterd"
+    assert writer.current_generation() is None
+    writer.write(tree)
+    assert read_tree(str(output)) == expected(tree)
+    assert not writer.needs_repair()
 
 
 # ---------------------------------------------------------------------- readers

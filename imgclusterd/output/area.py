@@ -11,6 +11,15 @@ it, ``<parent>/.<name>.imgclusterd/``, which carries a marker file proving we ma
     links/<xx>/<key>        one symlink inode per (name, target); every photo link of every
                             object is a hard link to one of these (see ``linkstore``)
 
+Damage. Objects are immutable, so a changed one was damaged (a link deleted through
+``OUTPUT``, a file dropped in). Every object and generation directory is *stamped* when it is
+made: its mtime's nanoseconds are set to a value derived from its digest
+(:func:`stamp_ns`). Any entry added or removed later sets the mtime to the kernel's clock, so
+one ``stat`` tells whether a folder is as made; one that is not is compared entry by entry
+with what it must hold and repaired in place (missing links put back, wrong or extra symlinks
+removed; a regular file or folder someone put there is left alone). Where the filesystem
+keeps no nanoseconds, every reuse compares entries instead.
+
 Ownership: ``<parent>/.<name>.imgclusterd.lock`` beside the area (not in it, so that a deleted
 area does not take the lock with it) is an ``flock`` with the holder's pid, held by the process
 that owns the output for as long as it runs (:meth:`Area.acquire`, the pipeline's life): one
@@ -33,6 +42,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -44,7 +54,15 @@ from .linkstore import LinkStore
 from .names import CLUSTER_RE, THRESHOLD_RE
 from .plan import DIGEST_LEN, Role
 
-__all__ = ["DIGEST_RE", "GENERATION_RE", "Area", "area_path", "owner_lock_path", "remove_tree"]
+__all__ = [
+    "DIGEST_RE",
+    "GENERATION_RE",
+    "Area",
+    "area_path",
+    "owner_lock_path",
+    "remove_tree",
+    "stamp_ns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +103,16 @@ def _syncfs(path: Path) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+def stamp_ns(key: str) -> int:
+    """The nanoseconds part of the mtime that marks a folder as made for digest ``key``."""
+    return int(key[:8], 16) % 1_000_000_000
+
+
+def _generation_key(name: str) -> str:
+    """A generation is stamped with its digest (the last part of its name)."""
+    return name.rsplit("-", 1)[1]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -132,6 +160,7 @@ class Area:
         self.lock_file = owner_lock_path(output)
         self._owner: InstanceLock | None = None  # held from acquire() to release()
         self._owner_identity: tuple[int, int] | None = None
+        self.stamps_hold = True  # False once the filesystem dropped a stamp's nanoseconds
 
     # ------------------------------------------------------------------ ownership
 
@@ -159,9 +188,11 @@ class Area:
         if not self.output.is_symlink():
             what = "a directory" if self.output.is_dir() else "not a symlink"
             raise self.foreign(self.output, what)
-        if self.current_name() is None or not self.is_ours():
+        if self.current_name() is None:
             target = os.readlink(self.output)
             raise self.foreign(self.output, f"a symlink to {target!r}, outside {self.root}")
+        # A symlink of ours whose area was deleted is still ours (dangling): the next write
+        # makes a new area and replaces the symlink, nothing else.
 
     def current_name(self) -> str | None:
         """The generation ``output`` names, if it is a symlink of ours (not checked on disk)."""
@@ -312,6 +343,8 @@ class Area:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
             remove_tree(staging)
+            return
+        self.stamp(self.objects / digest, digest)
 
     def next_name(self, gen_digest: str, now: float) -> str:
         """The next generation's name: a sequence number above every one seen, ``now`` in ms."""
@@ -341,6 +374,7 @@ class Area:
         finally:
             os.close(fd)
         os.rename(staging, self.generations / name)
+        self.stamp(self.generations / name, _generation_key(name))
         self.hooks.at(GENERATION_BUILT)
         return len(links)
 
@@ -353,6 +387,117 @@ class Area:
         os.symlink(f"{self.root.name}/generations/{name}", temporary)
         self.hooks.at(SWAP_LINK_MADE)
         os.replace(temporary, self.output)
+
+    # ------------------------------------------------------------------ damage
+
+    def stamp(self, path: Path, key: str) -> None:
+        """Mark ``path`` as made for ``key`` (see the module docstring). After a crash between
+        a rename and its stamp, the folder is merely compared once more: never wrong."""
+        now_ns = time.time_ns() // 1_000_000_000 * 1_000_000_000 + stamp_ns(key)
+        os.utime(path, ns=(now_ns, now_ns), follow_symlinks=False)
+        if self.stamps_hold and os.lstat(path).st_mtime_ns % 1_000_000_000 != stamp_ns(key):
+            log.info("%s keeps no nanosecond mtimes: output folders are compared on reuse",
+                     self.root)
+            self.stamps_hold = False
+
+    def stamped(self, path: Path, key: str) -> bool:
+        """True when ``path`` is unchanged since it was made for ``key`` (one ``lstat``)."""
+        if not self.stamps_hold:
+            return False
+        try:
+            mtime_ns = os.lstat(path).st_mtime_ns
+        except OSError:
+            return False
+        return mtime_ns % 1_000_000_000 == stamp_ns(key)
+
+    def repair_object(
+        self, digest: str, links: Mapping[str, str], files: Mapping[str, bytes], shared: bool
+    ) -> bool:
+        """Make ``objects/<digest>`` hold exactly these entries again; True if it had to.
+
+        Called for an object whose stamp is off. Fixing it in place only ever moves it back
+        to the content its digest names, which every generation using it expects.
+        """
+        path = self.objects / digest
+        wrong, missing_links, missing_files = self._differences(path, links, files)
+        if wrong or missing_links or missing_files:
+            log.warning("output folder %s was damaged (%d entries missing, %d wrong or extra); "
+                        "repairing it", path, len(missing_links) + len(missing_files), len(wrong))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            place = self.placer(shared)
+            try:
+                for name in wrong:
+                    os.unlink(name, dir_fd=fd)
+                for name in missing_links:
+                    place(fd, name, links[name])
+                for name in missing_files:
+                    write_file_at(fd, name, files[name])
+            finally:
+                os.close(fd)
+        self.stamp(path, digest)
+        return bool(wrong or missing_links or missing_files)
+
+    def generation_intact(
+        self, name: str, links: Mapping[str, str], files: Mapping[str, bytes]
+    ) -> bool:
+        """True if generation ``name`` holds exactly these entries (restamped if it does)."""
+        path = self.generations / name
+        key = _generation_key(name)
+        if self.stamped(path, key):
+            return True
+        try:
+            wrong, missing_links, missing_files = self._differences(path, links, files)
+        except FileNotFoundError:
+            return False
+        if wrong or missing_links or missing_files:
+            log.warning("output generation %s was damaged; writing a new one", path)
+            return False
+        self.stamp(path, key)
+        return True
+
+    def _differences(
+        self, path: Path, links: Mapping[str, str], files: Mapping[str, bytes]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Entries of ``path`` to remove, links and files to add so it holds exactly these.
+
+        Our own files with other content are rewritten; a symlink with another target or
+        name is removed; anything else someone put there (a photo copied in, a folder) is
+        left alone: it is not ours to delete.
+        """
+        wrong: list[str] = []
+        seen_links: set[str] = set()
+        seen_files: set[str] = set()
+        foreign: set[str] = set()
+        with os.scandir(path) as it:
+            for item in it:
+                if item.is_symlink():
+                    if links.get(item.name) == os.readlink(item.path):
+                        seen_links.add(item.name)
+                    else:
+                        wrong.append(item.name)
+                elif item.name in files and item.is_file(follow_symlinks=False):
+                    with open(item.path, "rb") as f:
+                        if f.read() == files[item.name]:
+                            seen_files.add(item.name)
+                        else:
+                            wrong.append(item.name)
+                else:
+                    log.warning("leaving %s alone inside the output: not made by imgclusterd",
+                                item.path)
+                    foreign.add(item.name)
+        missing_links = [n for n in links if n not in seen_links and n not in foreign]
+        missing_files = [n for n in files if n not in seen_files and n not in foreign]
+        return wrong, missing_links, missing_files
+
+    def damaged(self, generation: str) -> bool:
+        """True if ``generation`` or an object it reaches is missing or changed since made.
+
+        One ``lstat`` per object (memoised walk of the DAG): cheap enough for a refresh
+        that would otherwise write nothing.
+        """
+        if not self.stamped(self.generations / generation, _generation_key(generation)):
+            return True
+        return any(not self.stamped(self.objects / d, d) for d in self.reachable(generation))
 
     # ------------------------------------------------------------------ cleaning
 

@@ -109,9 +109,11 @@ class Pool:
         return index
 
     def entries(self, pooled: Pooled) -> dict[str, str] | None:
-        """A pool object's symlinks (from memory when we planned it), None if not recyclable."""
+        """A pool object's symlinks, None if not recyclable. From memory when we planned it
+        and its stamp says it is as made; read from disk otherwise (a damaged object patched
+        from memory would carry its damage into the new one)."""
         known = self.contents.get(pooled.digest)
-        if known is not None:
+        if known is not None and self.area.stamped(self.area.pool / pooled.entry, pooled.digest):
             return known
         entries: dict[str, str] = {}
         try:
@@ -230,6 +232,7 @@ class Pool:
                     staging = self.area.tmp / f"spare-{digest}"
                     self.area.write_object_at(staging, entries, {}, shared=role[1] != "t")
                     os.rename(staging, self.area.pool / name)
+                    self.area.stamp(self.area.pool / name, digest)
                     present.add(name)
                     links += len(entries)
                     if progress is not None:

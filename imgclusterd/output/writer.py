@@ -46,6 +46,7 @@ class WriteReport:
     objects_deleted: int = 0  # by garbage collection (pool purge and unpoolable garbage)
     gc_seconds: float = 0.0
     swapped: bool = True  # False when the tree equalled the current generation
+    objects_repaired: int = 0  # of objects_reused: found damaged and repaired in place
 
 
 @dataclass
@@ -56,6 +57,7 @@ class _Counts:
     links: int = 0
     removed: int = 0
     deleted: int = 0
+    repaired: int = 0
 
 
 class OutputWriter:
@@ -110,7 +112,21 @@ class OutputWriter:
         name = self._area.current_name()
         if name is None or not self._area.is_ours():
             return None
+        if not (self._area.generations / name).is_dir():
+            return None  # dangling: its generation was deleted
         return name
+
+    def needs_repair(self) -> bool:
+        """True if the current generation, or a folder it uses, was changed or deleted since
+        it was written (a link deleted through ``OUTPUT``, say): the next :meth:`write` of the
+        same tree repairs it. One ``lstat`` per folder."""
+        name = self.current_generation()
+        if name is None:
+            return False
+        try:
+            return self._area.damaged(name)
+        except OSError:
+            return True
 
     def write(
         self,
@@ -142,17 +158,21 @@ class OutputWriter:
                 area.remove_leftovers()
                 current = area.current_name()
                 pool_before = set(os.listdir(area.pool))
-                if (
+                # The same tree again: nothing to swap, unless the current generation was
+                # damaged. Its objects are checked (and repaired in place) either way.
+                same = (
                     current is not None
                     and current.endswith(gen_digest)
-                    and (area.generations / current).is_dir()
-                ):
+                    and area.generation_intact(current, plan.generation_links, plan.top_files)
+                )
+                if not same:
+                    self._pool.spare_wanted = []
+                self._build_objects(plan.objects, counts, progress)
+                if same:
+                    assert current is not None
                     name, swapped = current, False
-                    counts.reused = len(plan.objects)
                 else:
                     swapped = True
-                    self._pool.spare_wanted = []
-                    self._build_objects(plan.objects, counts, progress)
                     name = area.next_name(gen_digest, self.clock())
                     counts.links += area.build_generation(
                         name, plan.generation_links, plan.top_files
@@ -183,6 +203,7 @@ class OutputWriter:
             objects_deleted=counts.deleted,
             gc_seconds=gc_seconds,
             swapped=swapped,
+            objects_repaired=counts.repaired,
         )
         log.info(
             "output generation %s: %d objects written (%d recycled), %d reused, %d links, "
@@ -274,6 +295,10 @@ class OutputWriter:
                 ]
             if digest in existing:
                 counts.reused += 1
+                if not area.stamped(area.objects / digest, digest) and area.repair_object(
+                    digest, obj.links, obj.files, shared=obj.level == 2
+                ):
+                    counts.repaired += 1
                 continue
             recyclable = pool.recyclable(obj)
             if recyclable and obj.role is not None:
