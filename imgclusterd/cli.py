@@ -130,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output (shape documented in imgclusterd.status)")
     status.set_defaults(handler=cmd_status)
 
+    mount = commands.add_parser(
+        "mount",
+        help="browse the clusters as a read-only folder at MOUNTPOINT (FUSE), until Ctrl-C",
+        description="Mounts the output tree of an indexed images folder -- exactly the tree "
+        "`scan` writes: same folders, numbering and link names -- as a read-only FUSE "
+        "filesystem at MOUNTPOINT, computed on demand from the hash store (nothing is written "
+        "for it). Runs in the foreground and follows the store as a daemon or a scan updates "
+        "it; Ctrl-C (or SIGTERM) unmounts. MOUNTPOINT must be missing, an empty folder or a "
+        "stale imgclusterd mount. Needs imgclusterd[mount] and fusermount3 (Debian: fuse3).",
+    )
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT",
+                       help="where to mount the view (made if missing, removed again after)")
+    _add_config_options(mount)
+    mount.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    mount.set_defaults(handler=cmd_mount)
+
     install = commands.add_parser(
         "install-service",
         help="install (and with --now start) imgclusterd as a systemd user service",
@@ -220,6 +236,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                        "JPEG decoding, several times faster, a few bits may differ")
     group.add_argument("--workers", type=int, metavar="N",
                        help="hashing processes (default: one per core)")
+    group.add_argument("--output-mode", choices=["tree", "mount"],
+                       help="tree: write the output tree of symlinks (default); mount: serve "
+                       "the same tree as a read-only FUSE filesystem at the output path, "
+                       "computed on demand (needs imgclusterd[mount])")
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig:
@@ -229,6 +249,7 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
         "state_dir": args.state_dir,
         "decode": args.decode,
         "workers": args.workers,
+        "output_mode": args.output_mode,
     }
     return load_config(args.config, overrides)
 
@@ -324,6 +345,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The store is reset only once the daemon holds the instance lock (never under a live one).
     before_start = (lambda: reset_store(config)) if args.reset_store else None
     return Daemon(config).run(before_start=before_start)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    import signal
+
+    from .mount import Mount, SnapshotHolder, load_binding
+    from .pipeline import StoreView
+
+    config = _load(args).config
+    load_binding()  # say what to install before any work
+    stop = threading.Event()
+
+    def stopping(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stopping)
+    holder = SnapshotHolder(config.keep_generations, config.generation_grace)
+    mount = Mount(args.mountpoint, holder)
+    mount.check()  # a refused mount point fails now, not after the clustering
+    with StoreView(config) as view:
+        print(f"clustering {config.images} from its store...", file=sys.stderr)
+        snapshot = view.update()
+        assert snapshot is not None
+        holder.publish(snapshot)
+        mount.start()
+        try:
+            print(f"mounted at {mount.mountpoint} ({snapshot.photos:,} photos); Ctrl-C "
+                  "unmounts", file=sys.stderr)
+            while not stop.wait(_MOUNT_FOLLOW_EVERY) and mount.alive():
+                fresh = view.update()
+                if fresh is not None:
+                    holder.publish(fresh)
+                    log.info("the store changed: now serving %s", fresh.label)
+        finally:
+            mount.stop()
+    print("unmounted", file=sys.stderr)
+    return 0
+
+
+_MOUNT_FOLLOW_EVERY = 2.0  # seconds between two looks at the store's revision
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -561,6 +561,12 @@ class ClusterIndex(Generic[K]):
         """Current keys in vertex order."""
         return list(self._keys)
 
+    @property
+    def packed(self) -> np.ndarray:
+        """Hashes in vertex order, (N, nbytes) uint8. Replaced on update, never modified in
+        place, so a reader (the mounted view's snapshot) may keep it."""
+        return self._packed
+
     def update(self, added: Mapping[K, bytes], removed: Iterable[K] = ()) -> None:
         """Remove ``removed`` (unknown keys are ignored), then add or replace ``added``.
 

@@ -94,6 +94,7 @@ class Config(BaseModel):
     thumbnails: bool = True
     thumbnail_size: int = Field(default=256, ge=16, le=2048)  # longest side, pixels
     # output
+    output_mode: Literal["tree", "mount"] = "tree"
     keep_generations: int = Field(default=2, ge=2, le=100)
     generation_grace: float = Field(default=60.0, ge=0)
     explorer: bool = True  # index.html explorer page at each generation's root

@@ -33,6 +33,7 @@ from .config import Config
 from .errors import ImagesFolderError, ImgclusterdError, OutputError
 from .filters import is_candidate
 from .lock import InstanceLock
+from .mount import Mount, SnapshotHolder, load_binding
 from .notify import Notifier, watchdog_interval
 from .pipeline import Pipeline, RefreshReport, check_layout
 from .status import LOCK_NAME
@@ -106,6 +107,7 @@ class Daemon:
         )
         self.watcher: Watcher | None = None
         self.pipeline: Pipeline | None = None
+        self.mount: Mount | None = None  # output_mode = "mount": the FUSE view of the output
         self._failed = False  # start-up failed: keep the error as the STATUS= line
         self._lock: InstanceLock | None = None
         self._store_identity: tuple[int, int] | None = None
@@ -140,12 +142,16 @@ class Daemon:
 
     def _start(self, before_start: Callable[[], None] | None) -> None:
         """Layout check, lock, store, watcher, then READY=1 (in this order, see run())."""
+        if self.config.output_mode == "mount":
+            load_binding()  # missing: one line saying what to install, before anything else
         check_layout(self.config)  # before the lock file: never write inside the images
         self._lock = InstanceLock(self.config.store_dir / LOCK_NAME)
         self._lock.acquire()  # AlreadyRunning("already running (pid N)") before anything else
         if before_start is not None:
             before_start()
-        self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+        self.pipeline = self._new_pipeline()
+        if self.config.output_mode == "mount":
+            self._start_mount()
         self._store_identity = self._identity()
         self._start_watcher()
         self.debouncer.request_rescan("start-up")
@@ -155,6 +161,27 @@ class Daemon:
             "watching %s (%s), output %s",
             self.config.images, self.state.watcher_mode or "waiting", self.config.output,
         )
+
+    def _new_pipeline(self) -> Pipeline:
+        publish = self._publish if self.config.output_mode == "mount" else None
+        return Pipeline(self.config, stop=self.stop, progress=self._progress, publish=publish)
+
+    def _publish(self, snapshot: Any) -> None:
+        if self.mount is not None:
+            self.mount.publish(snapshot)
+
+    def _start_mount(self) -> None:
+        """Mount the (empty until the first refresh) view at the output path. A stale mount
+        of a killed run is unmounted first; a foreign or non-empty mount point is refused."""
+        from .output import OutputWriter
+
+        holder = SnapshotHolder(self.config.keep_generations, self.config.generation_grace)
+        if self.pipeline is not None and self.pipeline.served is not None:
+            holder.publish(self.pipeline.served)  # a remount keeps serving the last view
+        mount = Mount(self.config.output, holder)
+        own = OutputWriter(self.config.output).current_generation() is not None
+        mount.start(own_symlink=own)
+        self.mount = mount
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP asks a rescan -- decided by a thread, not a handler.
@@ -285,7 +312,7 @@ class Daemon:
         """Spend idle time making the next refresh cheap: spare copies of the output folders
         the last refresh changed, patched by the next one instead of rewritten whole (see
         OutputWriter.prepare_spares). Any new event stops it at once."""
-        if self.pipeline is None:
+        if self.pipeline is None or self.pipeline.writer is None:
             return
 
         def should_stop() -> bool:
@@ -334,7 +361,7 @@ class Daemon:
                 report.summary(), timings, report.output.links_written,
                 report.output.objects_reused,
             )
-        elif report.changed:
+        elif report.changed or "cluster" in report.timings:  # mount mode: a new snapshot
             log.info("refresh done: %s (%s)", report.summary(), timings)
         else:
             log.debug("nothing changed (%s)", timings)
@@ -412,11 +439,20 @@ class Daemon:
             if self._lock is not None:
                 self._lock.release()
                 self._lock.acquire()  # AlreadyRunning if another daemon took the folder
-            self.pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress)
+            self.pipeline = self._new_pipeline()
             self._store_identity = self._identity()
             self.debouncer.request_rescan("store recreated")
+        elif self.mount is not None and not self.mount.alive():
+            log.warning("the output mount at %s went away (unmounted by hand?); mounting it "
+                        "again", self.config.output)
+            self.mount = None
+            try:
+                self._start_mount()
+            except ImgclusterdError as exc:
+                log.error("%s", exc)
         elif (
-            self.state.phase not in ("waiting", "starting")
+            self.mount is None
+            and self.state.phase not in ("waiting", "starting")
             and self._retry_at is None  # a failed write already retries on its own
             and not os.path.exists(self.config.output)  # deleted, or dangling (area deleted)
         ):
@@ -492,6 +528,9 @@ class Daemon:
         log.info("stopping")
         if self.watcher is not None:
             self.watcher.stop()
+        if self.mount is not None:
+            self.mount.stop()
+            self.mount = None
         if self.pipeline is not None:
             self.state.phase = "stopped"
             self.state.progress = None

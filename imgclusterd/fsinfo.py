@@ -10,7 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["NETWORK_FILESYSTEMS", "contains", "filesystem_type", "is_network_filesystem"]
+__all__ = [
+    "NETWORK_FILESYSTEMS",
+    "contains",
+    "filesystem_type",
+    "is_network_filesystem",
+    "mounted_at",
+]
 
 # Filesystems where inotify misses changes made elsewhere (other clients, the host of a VM).
 NETWORK_FILESYSTEMS = frozenset({
@@ -42,6 +48,25 @@ def filesystem_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) 
         if contains(mount_point, target) and (best is None or len(mount_point) >= best[0]):
             best = (len(mount_point), tail[0])
     return best[1] if best else None
+
+
+def mounted_at(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the filesystem mounted exactly at ``path`` (the last one mounted there), or
+    None when nothing is. Never touches ``path`` itself: a FUSE mount whose server died answers
+    every stat with ENOTCONN, and this is how such a stale mount is found."""
+    target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                          os.path.basename(os.path.abspath(path)))
+    try:
+        lines = mountinfo.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 5 and tail and _unescape_mount(fields[4]) == target:
+            found = tail[0]
+    return found
 
 
 def is_network_filesystem(fstype: str | None) -> bool:

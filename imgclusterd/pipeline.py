@@ -22,7 +22,7 @@ from . import reconcile
 from .algorithms import Algorithm, hash_hex
 from .cluster import ClusterIndex
 from .config import Config
-from .errors import ConfigError, ImagesFolderError
+from .errors import ConfigError, ImagesFolderError, StoreError
 from .explorer import ExplorerAlgorithm, ExplorerPhoto, page_files
 from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
@@ -30,6 +30,7 @@ from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport
 from .pool import HashPool
 from .store import STORE_NAME, FileRecord, Store
 from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
+from .view import Snapshot
 
 __all__ = [
     "MASS_REMOVAL_MIN",
@@ -37,6 +38,7 @@ __all__ = [
     "Pipeline",
     "Progress",
     "RefreshReport",
+    "StoreView",
     "check_layout",
     "hash_plan",
 ]
@@ -106,6 +108,7 @@ class Pipeline:
         stop: threading.Event | None = None,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
+        publish: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.config = config
         self.images = config.images
@@ -115,19 +118,27 @@ class Pipeline:
         self.algorithms: tuple[Algorithm, ...] = config.algorithm_set
         self.plan = hash_plan(config)
         check_layout(config)
-        self.writer = OutputWriter(
-            config.output,
-            keep_generations=config.keep_generations,
-            grace_seconds=config.generation_grace,
-        )
-        self.writer.check()  # refuse a foreign output before touching anything
-        # One process per output, whatever its state dir: two daemons with different state
-        # dirs would otherwise swap the same OUTPUT in turns.
-        self.writer.acquire()
+        # output_mode = "mount": no tree is written; each refresh hands a Snapshot of the
+        # clusters to ``publish`` (the daemon's FUSE mount), which lists folders on demand.
+        self.publish = publish
+        self.writer: OutputWriter | None = None
+        self._served: tuple[str, Snapshot] | None = None  # (fingerprint, snapshot) published
+        self.explorer_seconds = 0.0  # of the last snapshot()
+        if config.output_mode == "tree":
+            self.writer = OutputWriter(
+                config.output,
+                keep_generations=config.keep_generations,
+                grace_seconds=config.generation_grace,
+            )
+            self.writer.check()  # refuse a foreign output before touching anything
+            # One process per output, whatever its state dir: two daemons with different state
+            # dirs would otherwise swap the same OUTPUT in turns.
+            self.writer.acquire()
         try:
             self.store = Store.open(config.store_dir / STORE_NAME)
         except BaseException:
-            self.writer.release()
+            if self.writer is not None:
+                self.writer.release()
             raise
         self._pool: HashPool | None = None
         self._indexes: dict[str, ClusterIndex] = {}
@@ -147,7 +158,8 @@ class Pipeline:
         try:
             self.store.close()
         finally:
-            self.writer.release()
+            if self.writer is not None:
+                self.writer.release()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -242,6 +254,12 @@ class Pipeline:
             return report
 
         fingerprint = self._fingerprint()
+        if self.writer is None:
+            self._refresh_view(report, fingerprint, force=force_output)
+            if not report.interrupted:
+                report.seconds = self.clock() - started
+                self._record(report, fingerprint)
+            return report
         last = self.store.get_state("last_refresh") or {}
         current = self.writer.current_generation()
         if (
@@ -278,6 +296,11 @@ class Pipeline:
                 self.writer.cleanup()
         self._output_cleaned = True
         report.seconds = self.clock() - started
+        self._record(report, fingerprint)
+        return report
+
+    def _record(self, report: RefreshReport, fingerprint: str) -> None:
+        """The ``last_refresh`` state row (status, and the next run's "anything to write?")."""
         self.store.set_state(
             "last_refresh",
             {
@@ -293,7 +316,60 @@ class Pipeline:
                 "timings": {k: round(v, 3) for k, v in report.timings.items()},
             },
         )
-        return report
+
+    def _refresh_view(self, report: RefreshReport, fingerprint: str, *, force: bool) -> None:
+        """Mount mode: bring the forests up to date and publish a new snapshot (no writing).
+
+        The folders are listed from the snapshot when a reader asks, so a refresh costs the
+        forest update only. Without ``publish`` (``scan`` in mount mode) the store and the
+        summary are updated and nothing is served.
+        """
+        if self._served is not None and self._served[0] == fingerprint and not (
+            report.changed or force
+        ):
+            report.generation = self._served[1].label
+            report.clusters = self._served[1].clusters_mid_sweep()
+            return
+        tick = time.perf_counter()
+        self.progress("clustering", 0, len(self.algorithms))
+        snapshot = self.snapshot(label=f"view-r{self.store.revision()}")
+        report.timings["cluster"] = time.perf_counter() - tick - self.explorer_seconds
+        report.timings["explorer"] = self.explorer_seconds
+        if self.stop.is_set():
+            report.interrupted = True
+            return
+        report.clusters = snapshot.clusters_mid_sweep()
+        report.generation = snapshot.label
+        if self.publish is not None:
+            self.publish(snapshot)
+        self._served = (fingerprint, snapshot)
+
+    @property
+    def served(self) -> Snapshot | None:
+        """The last snapshot published (mount mode)."""
+        return self._served[1] if self._served is not None else None
+
+    def snapshot(self, label: str = "") -> Snapshot:
+        """The output tree as of the store, for serving on demand (see imgclusterd.view)."""
+        paths: dict[int, str] = {}
+        sweeps = []
+        for done, algorithm in enumerate(self.algorithms):
+            rows = self.store.hashes(algorithm.name, self.plan.decode)
+            index = self._update_index(algorithm, rows)
+            keys = index.keys()
+            if not paths or any(k not in paths for k in keys):
+                paths.update((file_id, path) for file_id, path, _ in rows)
+            sweeps.append((algorithm.name, algorithm.thresholds, algorithm.bits, index.forest,
+                           keys, index.packed))
+            self.progress("clustering", done + 1, len(self.algorithms))
+        previous = self._served[1] if self._served is not None else None
+        snapshot = Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
+                                  label=label)
+        tick = time.perf_counter()
+        if self.config.explorer:  # at the root of the tree, as in every written generation
+            snapshot.extra_files.update(self._explorer_page())
+        self.explorer_seconds = time.perf_counter() - tick
+        return snapshot
 
     def make_thumbnails(self, should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
         """The background thumbnail pass: remove thumbnails whose content no photo has any
@@ -689,6 +765,45 @@ def hash_plan(config: Config, *, thumbnails: bool = True) -> HashPlan:
         ),
         thumbnail_size=config.thumbnail_size,
     )
+
+
+class StoreView(Pipeline):
+    """``imgclusterd mount``: the view of a store that someone else keeps current (the daemon,
+    a scan), read-only: no walking, hashing or writing, only the forests and snapshots."""
+
+    def __init__(self, config: Config, *, progress: Progress | None = None) -> None:
+        path = config.store_dir / STORE_NAME
+        if not path.exists():
+            raise StoreError(f"no store for {config.images} yet ({path}): run `imgclusterd "
+                             "scan` or the daemon first")
+        self.config = config
+        self.images = config.images
+        self.stop = threading.Event()
+        self.progress = progress or (lambda phase, done, total: None)
+        self.algorithms = config.algorithm_set
+        self.plan = HashPlan(algorithms=self.algorithms, decode=config.decode)
+        self.writer = None
+        self.publish = None
+        self._pool = None
+        self._indexes = {}
+        self._indexed_bits = {}
+        self._served = None
+        self.explorer_seconds = 0.0
+        self._revision: int | None = None
+        self.store = Store.open(path, readonly=True)
+
+    def __enter__(self) -> StoreView:
+        return self
+
+    def update(self) -> Snapshot | None:
+        """A new snapshot when the store changed since the last call, else None."""
+        revision = self.store.revision()
+        if revision == self._revision:
+            return None
+        snapshot = self.snapshot(label=f"view-r{revision}")
+        self._served = (str(revision), snapshot)
+        self._revision = revision
+        return snapshot
 
 
 def _facts_now(path: str) -> FileFacts | None:

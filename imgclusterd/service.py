@@ -18,6 +18,7 @@ folder is never created here: the daemon owns it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -41,6 +42,7 @@ __all__ = [
     "ServiceError",
     "UninstallReport",
     "install_service",
+    "mount_drop_in_path",
     "render_unit",
     "uninstall_service",
     "unit_path",
@@ -187,11 +189,12 @@ def install_service(
     else:
         actions.append(f"the unit {unit_file} is up to date")
     actions.append(f"  ExecStart={shlex.join(command)} run --config {config_file}")
+    mount_changed = _write_mount_drop_in(unit_file, config_file, actions)
 
     systemctl.run("daemon-reload")
     systemctl.run("enable", UNIT_NAME)
     actions.append("reloaded the user manager and enabled imgclusterd (starts at login)")
-    changed = config_changed or old_unit != unit_text
+    changed = config_changed or old_unit != unit_text or mount_changed
     started = False
     if now:
         active = systemctl.show(UNIT_NAME, "ActiveState") == "active"
@@ -230,12 +233,69 @@ def uninstall_service(*, environ: Mapping[str, str] = os.environ) -> UninstallRe
     if unit_file.exists():
         unit_file.unlink()
         actions.append(f"removed the unit {unit_file}")
+    drop_in = mount_drop_in_path(unit_file)
+    if drop_in.exists():
+        drop_in.unlink()
+        actions.append(f"removed the mount-mode drop-in {drop_in}")
+        with contextlib.suppress(OSError):
+            drop_in.parent.rmdir()  # only if nothing else (a user's own drop-in) is there
     systemctl.run("daemon-reload")
     systemctl.run("reset-failed", UNIT_NAME, check=False)  # forget a failed state, if any
     if not actions:
         actions.append("imgclusterd was not installed as a user service; nothing to do")
     log.info("uninstalled the user service: %s", "; ".join(actions))
     return UninstallReport(unit_file=unit_file, actions=actions)
+
+
+# --- mount mode ---------------------------------------------------------------------------------
+
+MOUNT_DROP_IN = "imgclusterd-mount.conf"
+_MOUNT_DROP_IN_TEXT = """\
+# Written by `imgclusterd install-service` because the config sets output_mode = "mount";
+# removed again by it when the config goes back to "tree", and by uninstall-service.
+#
+# Mount mode mounts a FUSE filesystem. An unprivileged user mounts through the setuid helper
+# fusermount3, and the kernel's no_new_privs flag makes setuid a no-op; in a *user* unit systemd
+# sets that flag for every seccomp-based option (SystemCallFilter, SystemCallArchitectures,
+# MemoryDenyWriteExecute, RestrictRealtime, LockPersonality, RestrictSUIDSGID,
+# RestrictNamespaces, RestrictAddressFamilies), whatever NoNewPrivileges says. So they are
+# lifted here, and only in this mode. (As root the daemon mounts with mount(2) itself, which
+# @system-service does not allow either.) The rest of the unit's settings stay.
+[Service]
+NoNewPrivileges=no
+SystemCallFilter=
+SystemCallArchitectures=
+MemoryDenyWriteExecute=no
+RestrictRealtime=no
+LockPersonality=no
+RestrictSUIDSGID=no
+RestrictNamespaces=no
+RestrictAddressFamilies=
+"""
+
+
+def mount_drop_in_path(unit_file: Path) -> Path:
+    """Where the mount-mode drop-in of ``unit_file`` lives."""
+    return unit_file.parent / f"{unit_file.name}.d" / MOUNT_DROP_IN
+
+
+def _write_mount_drop_in(unit_file: Path, config_file: Path, actions: list[str]) -> bool:
+    """Write (output_mode = "mount") or remove (tree) the drop-in; True when it changed."""
+    mode = load_config(config_file, {}, environ={}).config.output_mode
+    drop_in = mount_drop_in_path(unit_file)
+    if mode == "mount":
+        if drop_in.is_file() and drop_in.read_text("utf-8") == _MOUNT_DROP_IN_TEXT:
+            return False
+        drop_in.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(drop_in, _MOUNT_DROP_IN_TEXT, mode=0o644)
+        actions.append(f"wrote {drop_in} (mount mode: lifts the seccomp hardening that "
+                       "keeps fusermount3 from mounting)")
+        return True
+    if drop_in.exists():
+        drop_in.unlink()
+        actions.append(f"removed {drop_in} (tree mode needs no mount)")
+        return True
+    return False
 
 
 # --- config file --------------------------------------------------------------------------------

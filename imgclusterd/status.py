@@ -23,6 +23,10 @@ The JSON shape (``status --json``) is stable; new keys may be added, none remove
                        "hashed": int, "full": bool} | null,
                        # full: walked the whole folder (false: looked at changed paths only)
       "images": str, "output": str, "store": str,
+      "output_mode": "tree" | "mount",
+      "mount": "mounted" | "stale" | "not mounted" | "foreign:<fs type>" | null,
+               # mount mode: what is at the output path now (stale: the daemon was killed
+               # and left it; the next start cleans it). null in tree mode
       "watcher": {"mode": str | null, "warnings": [str, ...]},
       "warnings": [str, ...]   # problems seen from outside, e.g. the store's disk is full
     }
@@ -66,6 +70,8 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "images": str(config.images),
         "output": str(config.output),
         "store": str(store_path),
+        "output_mode": config.output_mode,
+        "mount": _mount_state(config),
         "watcher": {"mode": None, "warnings": []},
         "warnings": _disk_warnings(config),
     }
@@ -136,6 +142,17 @@ def store_warnings(store: Store) -> list[str]:
     return warnings
 
 
+def _mount_state(config: Config) -> str | None:
+    if config.output_mode != "mount":
+        return None
+    from .mount import mount_state  # mount mode only: it imports the view's numpy stack
+
+    try:
+        return mount_state(config.output)
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+
+
 #: Below this much free space a store commit or an output write is about to fail.
 LOW_SPACE = 1 << 20
 
@@ -195,6 +212,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append("  last refresh: never")
     lines.append(f"  images:       {status['images']}")
     lines.append(f"  output:       {status['output']}")
+    if status.get("output_mode") == "mount":
+        lines.append(f"  mode:         mount (read-only FUSE view): {status['mount']}")
     lines.append(f"  store:        {status['store']}")
     watcher = status["watcher"]
     if watcher["mode"]:

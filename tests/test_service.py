@@ -616,3 +616,66 @@ def test_real_daemon_under_systemd(manager: UserManager, tmp_path: Path) -> None
     assert not (manager.unit_dir / UNIT_NAME).exists()
     assert {p: p.read_bytes() for p in photos} == before
     assert _linked_images(output) == links
+
+
+@pytest.mark.slow
+def test_real_daemon_under_systemd_in_mount_mode(manager: UserManager, tmp_path: Path) -> None:
+    """output_mode = "mount" as a service: install-service adds the drop-in that lets the unit
+    mount, the view lists the photos, a kill -9 leaves a stale mount that the restarted daemon
+    cleans, and `systemctl --user stop` unmounts."""
+    from imgclusterd.mount import mount_state
+    from imgclusterd.service import mount_drop_in_path
+
+    from .test_mount import FUSE_UNUSABLE
+
+    if FUSE_UNUSABLE:
+        pytest.skip(FUSE_UNUSABLE)
+    images, output = tmp_path / "images", tmp_path / "view"
+    images.mkdir()
+    env = {**os.environ, **manager.env}
+    daemon_log = tmp_path / "daemon.log"
+    write_drop_in(manager, "test.conf", f"""\
+        [Service]
+        RestartSec=1
+        StandardOutput=append:{daemon_log}
+        StandardError=append:{daemon_log}
+        """)
+    config_file = user_config_path()
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text('output_mode = "mount"\n')
+
+    def log_tail() -> str:
+        text = daemon_log.read_text(errors="replace") if daemon_log.exists() else ""
+        return "daemon log:\n" + text[-3000:]
+
+    try:
+        printed = _install(env, "install-service", "--images", str(images), "--output",
+                           str(output), "--now")
+        drop_in = mount_drop_in_path(manager.unit_dir / UNIT_NAME)
+        assert drop_in.is_file(), printed
+        assert manager.show("ActiveState")["ActiveState"] == "active", log_tail()
+        wait_for("the view to be mounted", lambda: mount_state(output) == "mounted")
+        photos = _make_photos(images)
+        wait_for("the dropped photos to appear in the mounted view",
+                 lambda: set(photos) <= _linked_images(output), timeout=180)
+
+        first_pid = int(manager.show("MainPID")["MainPID"])
+        os.kill(first_pid, signal.SIGKILL)
+        wait_for("systemd to restart the killed daemon",
+                 lambda: (lambda s: s["ActiveState"] == "active"
+                          and int(s["MainPID"]) not in (0, first_pid))(
+                     manager.show("ActiveState", "MainPID")), timeout=120)
+        wait_for("the restarted daemon to serve the view again",
+                 lambda: mount_state(output) == "mounted" and set(photos)
+                 <= _linked_images(output), timeout=180)
+        assert "stale imgclusterd mount" in daemon_log.read_text(errors="replace"), log_tail()
+
+        assert manager.systemctl("stop", UNIT_NAME).returncode == 0
+        assert mount_state(output) == "not mounted", log_tail()
+        assert not output.exists()  # the mount point folder it made is removed again
+    finally:
+        if mount_state(output) != "not mounted":
+            subprocess.run(["fusermount3", "-uz", str(output)], check=False)
+    _install(env, "uninstall-service")
+    assert not drop_in.exists()
+    assert [p.read_bytes()[:2] for p in photos] == [b"\xff\xd8"] * len(photos)
