@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watches the images folder (recursively) and, shortly after each burst of "
         "changes, hashes what changed and swaps in a refreshed output tree. Runs in the "
         "foreground until SIGTERM or Ctrl-C; this is what the systemd user service starts. "
-        "One daemon per images folder.",
+        "One daemon per images folder. Signals: SIGHUP rescans the whole folder now (and "
+        "retries a failed refresh at once; `systemctl --user reload imgclusterd` sends it); "
+        "SIGTERM, SIGINT, SIGQUIT stop in order; SIGUSR1, SIGUSR2, SIGALRM, SIGPIPE and the "
+        "other signals are logged and ignored.",
     )
     _add_config_options(run)
     run.add_argument("--reset-store", action="store_true",

@@ -11,6 +11,16 @@ Shape of the main loop (one thread decides everything; others only record):
 The watchdog pings come from the main loop (and from progress callbacks inside a long refresh),
 so a hung loop stops them and systemd restarts the service. A missing or empty images folder
 is a *waiting* state, never a reason to forget photos: the last output stays as it is.
+
+A refresh that fails (a full disk, a store locked by hand) keeps its batch aside -- not in the
+debouncer, whose next due time is seconds away -- and is retried after :data:`RETRY_AFTER`,
+doubling up to :data:`RETRY_MAX` while it keeps failing; new events wait for that retry. The
+failure is in the state row (``status`` shows it) from the moment it happens.
+
+Signals (see :data:`SIGNALS`): SIGTERM, SIGINT, SIGQUIT, SIGXCPU and SIGPWR stop in order;
+SIGHUP rescans the folder (and retries a failed refresh at once); the other signals a user
+may send (SIGUSR1, SIGUSR2, SIGALRM, SIGPIPE, real-time signals...) are logged and ignored
+rather than killing the daemon by their default action.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 from .config import Config
+from .debounce import Batch, Debouncer
 from .errors import ImagesFolderError, ImgclusterdError, OutputError
 from .filters import is_candidate
 from .lock import InstanceLock
@@ -40,13 +51,44 @@ from .status import LOCK_NAME
 from .store import STORE_NAME
 from .watch import RootMissingError, Watcher
 
-__all__ = ["HEARTBEAT_EVERY", "Daemon"]
+__all__ = ["HEARTBEAT_EVERY", "RETRY_AFTER", "RETRY_MAX", "SIGNALS", "Daemon"]
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeat rows while idle (status: stale after 90 s)
-_RETRY_AFTER = 30.0  # seconds before retrying a refresh that failed (output or store)
+RETRY_AFTER = 30.0  # seconds before the first retry of a refresh that failed (output or store)
+RETRY_MAX = 600.0  # the retry delay doubles while the refresh keeps failing, up to this
 _WAITING_CHECK = 5.0  # seconds between looks for the images folder while waiting for it
+
+
+def _signal_table() -> dict[int, str]:
+    """Signal number -> "stop", "rescan" or "ignore", for every signal a user may send whose
+    default action would end the process. Not here: SIGKILL and SIGSTOP (cannot be caught),
+    the job-control stops (Ctrl-Z works as usual), and the faults (SIGSEGV, SIGBUS, SIGFPE,
+    SIGILL, SIGABRT, SIGSYS, SIGTRAP), which mean a crash that systemd should see as one."""
+    actions = {
+        "stop": ("SIGTERM", "SIGINT", "SIGQUIT", "SIGXCPU", "SIGPWR"),
+        "rescan": ("SIGHUP",),
+        "ignore": ("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGPIPE", "SIGIO",
+                   "SIGSTKFLT", "SIGXFSZ"),  # SIGXFSZ ignored: the write fails with EFBIG
+    }
+    table = {int(getattr(signal, name)): action
+             for action, names in actions.items() for name in names if hasattr(signal, name)}
+    if hasattr(signal, "SIGRTMIN"):
+        table.update({n: "ignore" for n in range(signal.SIGRTMIN, signal.SIGRTMAX + 1)})
+    return table
+
+
+#: What each signal does to ``imgclusterd run`` (see :func:`_signal_table`).
+SIGNALS: dict[int, str] = _signal_table()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}" if hasattr(signal, "SIGRTMIN") \
+            else f"signal {signum}"
 
 
 @dataclass
@@ -61,6 +103,8 @@ class _State:
     pending: int = 0
     watcher_mode: str | None = None
     warnings: list[str] = field(default_factory=list)
+    refreshes: int = 0  # refreshes completed since start-up (tests and tools wait on it)
+    failure: dict[str, Any] | None = None  # the refresh that is failing, until one succeeds
 
     def row(self, now: float) -> dict[str, Any]:
         return {
@@ -73,6 +117,8 @@ class _State:
             "pending": self.pending,
             "watcher_mode": self.watcher_mode,
             "warnings": self.warnings,
+            "refreshes": self.refreshes,
+            "failure": self.failure,
         }
 
 
@@ -93,14 +139,16 @@ class Daemon:
         self.notifier = Notifier.from_env(environ)
         self.ping_every = watchdog_interval(environ)
         self.state = _State()
-        self.refreshes = 0
         self._last_ping = 0.0
         self._last_heartbeat = 0.0
         self._last_status = ""
         self._next_rescan = 0.0
-        self._retry_at: float | None = None
+        self._retry_at: float | None = None  # a failed refresh is retried then (clock time)
         self._recheck_at: float | None = None  # see RefreshReport.held_until
-        from .debounce import Debouncer  # local: keeps the import list of the wiring visible
+        self._held = Batch()  # the failed refresh's batch, kept out of the debouncer till then
+        self._failures = 0  # failed refreshes in a row (the backoff exponent)
+        self._retry_now = threading.Event()  # SIGHUP during a backoff: retry without waiting
+        self._signal_logged: dict[int, float] = {}
 
         self.debouncer = Debouncer(
             config.debounce, config.max_delay, clock, on_change=self.wake.set
@@ -124,7 +172,7 @@ class Daemon:
         """
         self._install_signal_handlers()
         try:
-            self._start(before_start)
+            self.start(before_start)
             self._loop()
         except ImgclusterdError as exc:
             if self.pipeline is None:
@@ -135,13 +183,12 @@ class Daemon:
                 self._failed = True
             raise
         finally:
-            if self._lock is not None and self._lock.held:
-                self._shutdown()
-                self._lock.release()
+            self.close()
         return 0
 
-    def _start(self, before_start: Callable[[], None] | None) -> None:
-        """Layout check, lock, store, watcher, then READY=1 (in this order, see run())."""
+    def start(self, before_start: Callable[[], None] | None = None) -> None:
+        """Layout check, lock, store, watcher, then READY=1 (in this order, see run()).
+        With :meth:`tick` and :meth:`close`, a test drives the daemon one turn at a time."""
         if self.config.output_mode == "mount":
             load_binding()  # missing: one line saying what to install, before anything else
         check_layout(self.config)  # before the lock file: never write inside the images
@@ -183,8 +230,14 @@ class Daemon:
         mount.start(own_symlink=own)
         self.mount = mount
 
+    def close(self) -> None:
+        """Record the stop, stop the watcher, close the store, release the lock."""
+        if self._lock is not None and self._lock.held:
+            self._shutdown()
+            self._lock.release()
+
     def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP asks a rescan -- decided by a thread, not a handler.
+        """Every signal of :data:`SIGNALS` is decided by a thread, not a handler.
 
         Python runs a handler in the main thread between two bytecodes, possibly while that
         thread holds the lock inside an Event or the debouncer: a handler taking that lock
@@ -199,7 +252,7 @@ class Daemon:
         def nothing(signum: int, frame: FrameType | None) -> None:
             pass  # see above: the wakeup fd carries the signal to _signal_loop
 
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in SIGNALS:
             signal.signal(signum, nothing)
         threading.Thread(
             target=self._signal_loop, args=(reader,), name="imgclusterd-signals", daemon=True
@@ -214,12 +267,28 @@ class Daemon:
             if not received:
                 return
             for signum in received:
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    log.info("%s received: stopping", signal.Signals(signum).name)
-                    self.stop.set()
-                    self.wake.set()
-                elif signum == signal.SIGHUP:
-                    self.debouncer.request_rescan("SIGHUP")
+                self.on_signal(signum)
+
+    def on_signal(self, signum: int) -> None:
+        """What a signal does (called by the signal thread; never by a handler)."""
+        action = SIGNALS.get(signum, "ignore")
+        name = _signal_name(signum)
+        if action == "stop":
+            log.info("%s received: stopping", name)
+            self.stop.set()
+            self.wake.set()
+        elif action == "rescan":
+            log.info("%s received: rescanning the images folder", name)
+            self._retry_now.set()  # a failed refresh waiting for its retry: now
+            self.debouncer.request_rescan(name)
+        else:
+            # Rate-limited: a SIGPIPE from writing this very line to a closed pipe must not
+            # turn into a loop of log lines.
+            now = self.clock()
+            if now - self._signal_logged.get(signum, -60.0) >= 60.0:
+                self._signal_logged[signum] = now
+                log.warning("%s received: ignored (SIGHUP rescans, SIGTERM or SIGINT stops)",
+                            name)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -249,29 +318,46 @@ class Daemon:
         if self._recheck_at is not None and now >= self._recheck_at:
             self._recheck_at = None
             self.debouncer.request_rescan("photos that vanished at once: still gone?")
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry_at = None
-            self.debouncer.request_rescan("retrying a failed refresh")
-        if self.state.phase != "waiting" and self.debouncer.due():
+        if self._retry_now.is_set():
+            self._retry_now.clear()
+            if self._retry_at is not None:
+                self._retry_at = now  # SIGHUP: the user asks for it now
+        if self._retry_at is not None:
+            # A failed refresh waits for its retry time, and so does everything that arrived
+            # meanwhile: retrying on every event would hammer a full disk every few seconds.
+            if now >= self._retry_at and self.state.phase != "waiting":
+                self._refresh()
+        elif self.state.phase != "waiting" and self.debouncer.due():
             self._refresh()
         elif self.state.phase == "idle" and not self.debouncer.pending():
             self._prepare_spares()
             self._make_thumbnails()
-        self.state.pending = len(self.debouncer)
+        self.state.pending = len(self.debouncer) + len(self._held.paths)
         self._heartbeat()
 
     def _sleep_time(self) -> float:
         candidates = [HEARTBEAT_EVERY, 1.0]
         if self.ping_every:
             candidates.append(self.ping_every)
-        due = self.debouncer.wait_time()
-        if due is not None:
-            candidates.append(due)
+        if self._retry_at is not None:
+            candidates.append(self._retry_at - self.clock())
+        elif self.state.phase != "waiting":
+            # (While backing off or waiting, a due batch must not make this a busy loop.)
+            due = self.debouncer.wait_time()
+            if due is not None:
+                candidates.append(due)
         return max(0.0, min(candidates))
+
+    @property
+    def refreshes(self) -> int:
+        """Refreshes completed since start-up (also ``refreshes`` in ``status --json``)."""
+        return self.state.refreshes
 
     def _refresh(self) -> None:
         assert self.pipeline is not None
-        batch = self.debouncer.take()
+        batch = _merge(self._held, self.debouncer.take())
+        self._held = Batch()
+        self._retry_at = None
         if not batch:
             return
         why = ", ".join(batch.reasons) if batch.rescan else f"{len(batch.paths)} changed paths"
@@ -285,12 +371,12 @@ class Daemon:
             return
         except OutputError as exc:
             # e.g. disk full while building a generation: the previous output stays current.
-            self._retry_later(f"output not refreshed: {exc}", batch.paths)
+            self._retry_later(f"output not refreshed: {exc}", batch)
             return
         except (sqlite3.Error, OSError) as exc:
             # The store's disk is full, or a `scan` by hand holds its write lock, or a folder
             # of ours vanished: nothing committed is lost (SQLite rolled back); try again.
-            self._retry_later(f"refresh failed: {exc}", batch.paths)
+            self._retry_later(f"refresh failed: {exc}", batch)
             return
         if report.deferred:
             # Still being written (or changed while hashed): look again after the next quiet.
@@ -300,7 +386,11 @@ class Daemon:
             self._recheck_at = self.clock() + max(0.0, report.held_until - time.time())
         if report.interrupted:
             return
-        self.refreshes += 1
+        if self._failures:
+            log.info("refresh succeeded again after %d failed attempt(s)", self._failures)
+        self._failures = 0
+        self.state.failure = None
+        self.state.refreshes += 1
         self._log_refresh(report)
         when = time.strftime("%H:%M", time.localtime())
         self._set_phase(
@@ -345,12 +435,19 @@ class Daemon:
         if made:
             log.info("made %d thumbnails in idle time (%d still missing)", made, left)
 
-    def _retry_later(self, message: str, paths: Any) -> None:
-        log.error("%s (retrying in %.0f s)", message, _RETRY_AFTER)
-        self._set_phase("idle", message=message)
-        self._retry_at = self.clock() + _RETRY_AFTER
-        if paths:
-            self.debouncer.add(paths)  # keep the batch: the retry must include it
+    def _retry_later(self, message: str, batch: Batch) -> None:
+        """Keep ``batch`` for the retry, RETRY_AFTER from now, doubling while it fails."""
+        self._failures += 1
+        delay = min(RETRY_AFTER * 2 ** (self._failures - 1), RETRY_MAX)
+        self._retry_at = self.clock() + delay
+        self._held = batch  # not the debouncer: it would be due again within seconds
+        wall = time.time()
+        since = self.state.failure["since"] if self.state.failure else wall
+        self.state.failure = {"message": message, "attempts": self._failures, "since": since,
+                              "retry_at": wall + delay}
+        log.error("%s (attempt %d; retrying in %.0f s, or at once on SIGHUP)",
+                  message, self._failures, delay)
+        self._set_phase("idle", message=f"{message} (retrying in {delay:.0f} s)")
 
     def _log_refresh(self, report: RefreshReport) -> None:
         timings = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
@@ -540,6 +637,13 @@ class Daemon:
             except Exception as exc:
                 log.warning("could not record the stop: %s", exc)
             self.pipeline.close()
+
+
+def _merge(first: Batch, second: Batch) -> Batch:
+    """One batch holding both (a failed batch and what arrived while it waited)."""
+    reasons = first.reasons + [r for r in second.reasons if r not in first.reasons]
+    return Batch(paths=first.paths | second.paths, rescan=first.rescan or second.rescan,
+                 reasons=reasons, age=max(first.age, second.age))
 
 
 def _has_photos(folder: Path, extensions: tuple[str, ...]) -> bool:

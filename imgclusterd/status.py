@@ -28,7 +28,11 @@ The JSON shape (``status --json``) is stable; new keys may be added, none remove
                # mount mode: what is at the output path now (stale: the daemon was killed
                # and left it; the next start cleans it). null in tree mode
       "watcher": {"mode": str | null, "warnings": [str, ...]},
-      "warnings": [str, ...]   # problems seen from outside, e.g. the store's disk is full
+      "warnings": [str, ...],  # problems seen from outside, e.g. the store's disk is full,
+                               # and a failing refresh (see "failure")
+      "refreshes": int | null, # refreshes the running daemon completed since it started
+      "failure": {"message": str, "attempts": int, "since": str (ISO 8601),
+                  "retry_at": str (ISO 8601)} | null   # the refresh failing right now
     }
 """
 
@@ -74,6 +78,8 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "mount": _mount_state(config),
         "watcher": {"mode": None, "warnings": []},
         "warnings": _disk_warnings(config),
+        "refreshes": None,
+        "failure": None,
     }
     pid = holder_pid(config.store_dir / LOCK_NAME) if config.store_dir.exists() else None
     daemon: dict[str, Any] = {}
@@ -118,6 +124,20 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
             status["phase"] = daemon.get("phase")
             status["progress"] = daemon.get("progress")
             status["message"] = daemon.get("message")
+            status["refreshes"] = daemon.get("refreshes")
+            failure = daemon.get("failure")
+            if failure:
+                status["failure"] = {
+                    "message": failure["message"],
+                    "attempts": failure["attempts"],
+                    "since": _iso(failure["since"]),
+                    "retry_at": _iso(failure["retry_at"]),
+                }
+                status["warnings"].append(
+                    f"refreshes are failing ({failure['attempts']} attempt(s) since "
+                    f"{_clock(failure['since'])}): {failure['message']}; next attempt at "
+                    f"{_clock(failure['retry_at'])} (or now: SIGHUP)"
+                )
         status["watcher"] = {
             "mode": daemon.get("watcher_mode"),
             "warnings": list(daemon.get("warnings", [])),
@@ -229,6 +249,10 @@ def to_json(status: dict[str, Any]) -> str:
 
 def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")
+
+
+def _clock(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
 
 
 def _duration(seconds: float | None) -> str:

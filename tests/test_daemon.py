@@ -400,6 +400,47 @@ def test_sigterm_mid_hash_exits_cleanly(workspace: Workspace, start_daemon: Any)
     assert_complete_generation(workspace.output, disk_photos(workspace))
 
 
+IGNORED_SIGNALS = ["SIGUSR1", "SIGUSR2", "SIGALRM", "SIGPIPE", "SIGVTALRM", "SIGPROF", "SIGIO",
+                   "SIGXFSZ", "SIGRTMIN", "SIGRTMAX"]
+
+
+def test_every_signal_a_user_may_send_is_logged_not_fatal(
+    workspace: Workspace, start_daemon: Any
+) -> None:
+    """SIGUSR1 and friends used to end the daemon by their default action, silently. Now each
+    is logged and ignored, SIGHUP rescans (a refresh happens, counted in status), SIGQUIT stops
+    in order like SIGTERM. Real signals to the real daemon process."""
+    daemon = start_daemon()
+    for name in [*IGNORED_SIGNALS, "SIGRTMIN+3"]:
+        number = (signal.SIGRTMIN + 3 if name == "SIGRTMIN+3" else getattr(signal, name))
+        os.kill(daemon.pid, number)
+        wait_for(lambda n=name: daemon.assert_alive() or f"{n} received: ignored" in daemon.log(),
+                 f"the daemon to log {name}")
+    st = daemon.status()
+    assert st["state"] == "running" and st["phase"] == "idle", st
+
+    before = st["refreshes"]
+    assert isinstance(before, int) and before >= 1
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for(lambda: daemon.assert_alive() or daemon.status()["refreshes"] > before,
+             "a refresh after SIGHUP")
+    assert "SIGHUP received: rescanning" in daemon.log()
+
+    os.kill(daemon.pid, signal.SIGQUIT)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(DEADLINE) == 0, daemon.log()
+    assert "SIGQUIT received: stopping" in daemon.log()
+    assert daemon.status()["phase"] == "stopped"
+
+
+def test_run_help_documents_the_signals(workspace: Workspace) -> None:
+    result = run_cli("run", "--help", cwd=workspace.root)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "SIGHUP rescans the whole folder" in text, text
+    assert "SIGUSR1" in text and "logged and ignored" in text
+
+
 def test_second_instance_refuses_and_changes_nothing(
     workspace: Workspace, start_daemon: Any
 ) -> None:

@@ -1,0 +1,145 @@
+"""The daemon's main loop stepped by hand: :meth:`Daemon.tick` under an injected clock, on a
+real images folder, a real store and a real output, in this process (no sleeping: time is
+ours). The watcher polls once an hour here, so every event is one the test hands over."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imgclusterd import status as status_module
+from imgclusterd.config import load_config
+from imgclusterd.daemon import RETRY_AFTER, RETRY_MAX, Daemon
+
+from .conftest import Workspace
+from .test_bad_input import encode, put, smooth, write_config
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def stepped(workspace: Workspace) -> Iterator[tuple[Daemon, Clock, Path]]:
+    """A started daemon whose output lives in ``ws.root/out`` (the test breaks that folder)."""
+    ws = workspace
+    out = ws.root / "out"
+    config_path = write_config(ws.root / "cfg.toml", ws.images, out / "output", ws.state,
+                               watcher="polling", poll_interval=3600, debounce=2.0,
+                               max_delay=30.0, generation_grace=0.0)
+    clock = Clock()
+    daemon = Daemon(load_config(config_path).config, environ={}, clock=clock)
+    daemon.start()
+    try:
+        yield daemon, clock, out
+    finally:
+        daemon.close()
+
+
+def run_until_idle(daemon: Daemon, clock: Clock) -> None:
+    """The start-up rescan: due once quiet for `debounce`."""
+    daemon.tick()
+    clock.now += daemon.config.debounce
+    daemon.tick()
+    assert daemon.refreshes == 1 and daemon.state.phase == "idle", daemon.state
+
+
+def failed_attempts(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(r.levelno == logging.ERROR and r.name == "imgclusterd.daemon"
+               for r in caplog.records)
+
+
+def break_output(out: Path) -> Path:
+    """A real fault no permission check can wave through (the tests run as root): the output's
+    folder becomes a regular file, so writing a generation fails with ENOTDIR."""
+    aside = out.with_name("out.aside")
+    out.rename(aside)
+    out.write_text("in the way\n")
+    return aside
+
+
+def repair_output(out: Path, aside: Path) -> None:
+    out.unlink()
+    aside.rename(out)
+
+
+def test_failed_refresh_backs_off_instead_of_retrying_every_few_seconds(
+        workspace: Workspace, stepped: tuple[Daemon, Clock, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    daemon, clock, out = stepped
+    caplog.set_level(logging.INFO, logger="imgclusterd")
+    run_until_idle(daemon, clock)
+    aside = break_output(out)
+    first = put(workspace.images, "new1.jpg", encode(smooth(71), "JPEG", quality=90))
+    workspace.snapshot()
+    daemon.debouncer.add({str(first)})  # what the watcher would report
+    clock.now += daemon.config.debounce
+    daemon.tick()
+    assert failed_attempts(caplog) == 1
+
+    # status says so at once (not after the next photo), from the state row.
+    st = status_module.collect(daemon.config)
+    assert st["failure"] is not None and st["failure"]["attempts"] == 1, st
+    assert "output not refreshed" in st["failure"]["message"]
+    assert any("refreshes are failing" in w for w in st["warnings"]), st["warnings"]
+    assert st["refreshes"] == 1
+
+    # Events during the backoff neither retry early nor make the loop spin.
+    second = put(workspace.images, "new2.jpg", encode(smooth(72), "JPEG", quality=90))
+    workspace.snapshot()
+    for _ in range(10):
+        daemon.debouncer.add({str(second)})
+        clock.now += (RETRY_AFTER - 1) / 10
+        daemon.tick()
+        assert daemon._sleep_time() > 0
+    assert failed_attempts(caplog) == 1, [r.message for r in caplog.records]
+
+    # Retries at RETRY_AFTER, then after twice, four times... as long as it keeps failing.
+    delay, elapsed = RETRY_AFTER, RETRY_AFTER - 1
+    for attempt in range(2, 6):
+        clock.now += delay - elapsed - 0.5
+        daemon.tick()
+        assert failed_attempts(caplog) == attempt - 1
+        clock.now += 0.5
+        daemon.tick()
+        assert failed_attempts(caplog) == attempt
+        assert daemon.state.failure is not None and daemon.state.failure["attempts"] == attempt
+        delay, elapsed = min(delay * 2, RETRY_MAX), 0.0
+    assert delay == 16 * RETRY_AFTER
+
+    # Space is back: the retry includes the failed batch and what arrived meanwhile.
+    repair_output(out, aside)
+    clock.now += delay
+    daemon.tick()
+    assert failed_attempts(caplog) == 5
+    assert daemon.refreshes == 2 and daemon.state.failure is None
+    st = status_module.collect(daemon.config)
+    assert st["failure"] is None and not any("failing" in w for w in st["warnings"])
+    assert st["counts"]["images"] == 44 + 2 and st["refreshes"] == 2
+
+
+def test_sighup_retries_a_failed_refresh_at_once(
+        workspace: Workspace, stepped: tuple[Daemon, Clock, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    daemon, clock, out = stepped
+    caplog.set_level(logging.INFO, logger="imgclusterd")
+    run_until_idle(daemon, clock)
+    aside = break_output(out)
+    daemon.debouncer.request_rescan("test")
+    clock.now += daemon.config.debounce
+    daemon.tick()
+    assert failed_attempts(caplog) == 1
+    repair_output(out, aside)
+    clock.now += 1.0
+    daemon.on_signal(signal.SIGHUP)  # what the signal thread does with a real one
+    daemon.tick()
+    assert daemon.refreshes == 2 and daemon.state.failure is None
+    assert "SIGHUP received: rescanning" in caplog.text
