@@ -10,6 +10,14 @@ algorithm is computed from that one decode.
 from exact integer block sums (see :func:`_whash_exact`). ``decode="fast"`` decodes JPEGs at a
 reduced DCT scale and shrinks other images with ``reduce()`` first; hashes may differ by a few
 bits (measured by ``benchmarks/bench_hashing.py``).
+
+Both modes first :func:`normalise` the decoded image, and exact mode is ImageHash on the
+normalised image: 16-bit images keep their high byte (Pillow's ``convert("L")`` clips them at
+255, so a 16-bit photo hashed as a white page), and alpha is dropped -- the colour channels as
+stored are hashed, which is what ImageHash (and the one-shot script) does for RGBA, LA and
+transparent palettes, while fast mode's ``reduce()`` used to premultiply alpha first. An image
+whose hashing input is near-constant is *flat* (:data:`FLAT_CONTRAST`): its hashes carry
+almost no information and it matches other flat images at threshold 0.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from imgclusterd.algorithms import Algorithm, pack_bits
 from imgclusterd.thumbnails import render_thumbnail, thumbnail_path, write_thumbnail
 
 __all__ = [
+    "FLAT_CONTRAST",
     "PILLOW_DEFAULT_MAX_PIXELS",
     "FileFacts",
     "HashPlan",
@@ -41,6 +50,7 @@ __all__ = [
     "file_digest",
     "hash_file",
     "hash_image",
+    "normalise",
     "register_heif",
     "thumbnail_file",
 ]
@@ -63,6 +73,19 @@ _FAST_OVERSAMPLE = 4
 
 #: Modes Image.reduce() accepts (it refuses e.g. I;16 and P).
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"}
+
+#: 16-bit integer modes (PNG and TIFF greyscale): hashed from their high byte.
+_WIDE = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+#: Alpha modes and the colour mode their alpha is dropped to.
+_WITHOUT_ALPHA = {"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L", "PA": "RGB"}
+
+#: An image is *flat* when the standard deviation of its 32x32 grey version (phash_8's
+#: input, Lanczos) is below this many grey levels (of 255): flat colours, blank pages, a
+#: 16-bit image read as 8 bits by clipping. Ordinary photos measure 10-110; a page of JPEG
+#: noise on one colour 0-0.5.
+FLAT_CONTRAST = 1.0
+_FLAT_SIDE = 32
 
 _heif_registered: bool | None = None
 _thumbnail_warned = False
@@ -120,6 +143,7 @@ class HashResult:
     error: str | None = None
     unstable: bool = False
     thumbnail: bool = False  # the photo's thumbnail exists now (made now or already there)
+    flat: bool = False  # near-constant image: its hashes carry almost no information
 
 
 class _Unreadable(Exception):
@@ -190,7 +214,7 @@ def _hash_read(path: str, plan: HashPlan, before: os.stat_result, data: bytes) -
         return HashResult(path, facts, digest, error="empty file")
     try:
         image = _decode(data, plan)
-        hashes = hash_image(image, plan)
+        hashes, flat = _hash_measured(image, plan)
     except _Unreadable as exc:
         return HashResult(path, facts, digest, error=str(exc))
     except MemoryError:
@@ -199,7 +223,7 @@ def _hash_read(path: str, plan: HashPlan, before: os.stat_result, data: bytes) -
         logger.debug("hashing %s failed", path, exc_info=True)
         return HashResult(path, facts, digest, error=f"cannot decode: {_describe(exc)}")
     thumbnail = _thumbnail(image, digest, plan, path)
-    return HashResult(path, facts, digest, hashes, thumbnail=thumbnail)
+    return HashResult(path, facts, digest, hashes, thumbnail=thumbnail, flat=flat)
 
 
 def thumbnail_file(path: str, plan: HashPlan) -> HashResult:
@@ -262,10 +286,32 @@ def _os_reason(exc: OSError) -> str:
 
 def hash_image(image: Image.Image, plan: HashPlan) -> dict[str, bytes]:
     """Every algorithm of ``plan`` on an already decoded (and transposed) image."""
+    return _hash_measured(image, plan)[0]
+
+
+def normalise(image: Image.Image) -> Image.Image:
+    """The image hashing sees (see the module doc): 16-bit greyscale reduced to its high byte
+    (as 8-bit displays and Pillow's own 16-bit RGB decoding do), alpha dropped. Anything else
+    is returned as it is, so ordinary images hash exactly as ImageHash hashes them."""
+    if image.mode in _WIDE or image.mode == "I":
+        wide = np.asarray(image).astype(np.int64)
+        # Mode I holds 16-bit PNGs in older Pillows; one within 0..255 is 8-bit data.
+        if image.mode in _WIDE or wide.max(initial=0) > 255:
+            return Image.fromarray((wide.clip(0, 65535) >> 8).astype(np.uint8), "L")
+    if image.mode in _WITHOUT_ALPHA:
+        return image.convert(_WITHOUT_ALPHA[image.mode])
+    if image.mode == "P" and "transparency" in image.info:
+        return image.convert("RGB")  # not RGBA: fast mode's reduce() would weigh by alpha
+    return image
+
+
+def _hash_measured(image: Image.Image, plan: HashPlan) -> tuple[dict[str, bytes], bool]:
+    """The hashes and whether the image is flat (see FLAT_CONTRAST)."""
     with warnings.catch_warnings():
         # e.g. "Palette images with Transparency expressed in bytes": harmless for hashing,
         # and a worker has nobody to show warnings to.
         warnings.simplefilter("ignore")
+        image = normalise(image)
         if plan.decode == "fast":
             return _hash_fast(image, plan.algorithms)
         return _hash_exact(image, plan.algorithms)
@@ -347,7 +393,9 @@ def _describe(exc: BaseException) -> str:
 # --- exact: ImageHash bit for bit -----------------------------------------------------------
 
 
-def _hash_exact(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> dict[str, bytes]:
+def _hash_exact(
+    image: Image.Image, algorithms: tuple[Algorithm, ...]
+) -> tuple[dict[str, bytes], bool]:
     gray: Image.Image | None = None
     resized: dict[tuple[int, int], np.ndarray] = {}
 
@@ -380,7 +428,9 @@ def _hash_exact(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> dict[s
         else:
             raise ValueError(f"unknown algorithm kind {algo.kind!r}")
         out[algo.name] = pack_bits(bits)
-    return out
+    # phash_8's resize, already made in the default set: flatness costs nothing there.
+    flat = float(np.std(pixels((_FLAT_SIDE, _FLAT_SIDE)))) < FLAT_CONTRAST
+    return out, flat
 
 
 def _phash_bits(px: np.ndarray, n: int) -> np.ndarray:
@@ -459,7 +509,9 @@ def _draft_for(
     image.draft(mode, (need, need))
 
 
-def _hash_fast(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> dict[str, bytes]:
+def _hash_fast(
+    image: Image.Image, algorithms: tuple[Algorithm, ...]
+) -> tuple[dict[str, bytes], bool]:
     """The exact computation on a smaller image: a JPEG arrives drafted, others are reduced.
 
     One box ``reduce()`` for everything, then each algorithm's own Lanczos resize: reducing
@@ -469,6 +521,6 @@ def _hash_fast(image: Image.Image, algorithms: tuple[Algorithm, ...]) -> dict[st
     if factor > 1:
         if image.mode not in _REDUCIBLE:
             colour = any(a.kind == "colorhash" for a in algorithms)
-            image = image.convert("RGBA" if colour else "L")
+            image = image.convert("RGB" if colour else "L")
         image = image.reduce(factor)
     return _hash_exact(image, algorithms)

@@ -104,7 +104,6 @@ def _mode_images() -> dict[str, tuple[Image.Image, str]]:
     wide = (np.asarray(photo("camera", (300, 200))).astype(np.uint16) * 257).astype("<u2")
     images = {
         "cmyk": (rgb.convert("CMYK"), "JPEG"),
-        "i16": (Image.fromarray(wide), "PNG"),
         "palette-trns": (palette, "PNG"),
         "rgba": (rgba, "PNG"),
         "la": (rgba.convert("LA"), "PNG"),
@@ -115,11 +114,112 @@ def _mode_images() -> dict[str, tuple[Image.Image, str]]:
     }
     if features.check("webp"):
         images["webp"] = (rgb, "WEBP")
+    assert Image.fromarray(wide).mode == "I;16"
     return images
+
+
+def _bits_apart(a: dict[str, bytes], b: dict[str, bytes]) -> dict[str, int]:
+    return {name: int(np.unpackbits(np.frombuffer(a[name], np.uint8)
+                                    ^ np.frombuffer(b[name], np.uint8)).sum()) for name in a}
+
+
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_16_bit_png_hashes_like_its_8_bit_twin(tmp_path, decode):
+    """Pillow's convert("L") clips 16-bit values at 255: a 16-bit photo hashed as a white page,
+    the same as a 1x1 PNG. Its high byte is the photo (v * 257 >> 8 == v)."""
+    eight = photo("camera", (1600, 1200))
+    wide = Image.fromarray((np.asarray(eight).astype(np.uint16) * 257).astype("<u2"))
+    assert wide.mode == "I;16"
+    deep, twin, blank = tmp_path / "deep.png", tmp_path / "twin.png", tmp_path / "blank.png"
+    wide.save(deep)
+    eight.save(twin)
+    Image.new("L", (1, 1), 255).save(blank)
+    plan = HashPlan(ALGORITHMS, decode=decode)
+    result = hash_file(str(deep), plan)
+    assert result.error is None and not result.flat
+    assert result.hashes == hash_file(str(twin), plan).hashes
+    if decode == "exact":
+        assert result.hashes == imagehash_reference(eight)
+    apart = _bits_apart(result.hashes, hash_file(str(blank), plan).hashes)
+    assert min(apart[a.name] for a in DEFAULT_ALGORITHMS) > 10, apart
+
+
+def _transparent_twins() -> dict[str, tuple[Image.Image, Image.Image]]:
+    """Images with alpha, and their opaque twins: the same colour channels, no alpha."""
+    rgb = photo("astronaut", (1600, 1200))
+    half = np.full((1200, 1600), 255, np.uint8)
+    half[:, :800] = 0  # the left half fully transparent (its colours still stored)
+    gradient = np.tile(np.linspace(0, 255, 1600).astype(np.uint8), (1200, 1))
+    rgba = rgb.copy()
+    rgba.putalpha(Image.fromarray(half))
+    faded = rgb.copy()
+    faded.putalpha(Image.fromarray(gradient))
+    grey = rgb.convert("L")
+    la = Image.merge("LA", (grey, Image.fromarray(half)))
+    opaque_palette = rgb.quantize(64)
+    palette = opaque_palette.copy()
+    palette.info["transparency"] = bytes([0] * 32 + [255] * 32)
+    return {
+        "rgba-half": (rgba, rgb),
+        "rgba-gradient": (faded, rgb),
+        "la": (la, grey),
+        "palette-trns": (palette, opaque_palette),
+    }
+
+
+@pytest.mark.parametrize("case", ["rgba-half", "rgba-gradient", "la", "palette-trns"])
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_transparent_png_hashes_like_its_opaque_twin(tmp_path, case, decode):
+    """Fast mode's reduce() premultiplied alpha: a transparent PNG was 14-26 bits from its
+    opaque twin (0 in exact mode, where ImageHash ignores alpha). Alpha is now dropped first
+    in both modes."""
+    image, twin = _transparent_twins()[case]
+    transparent, opaque = tmp_path / "transparent.png", tmp_path / "opaque.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image.save(transparent)
+    twin.save(opaque)
+    plan = HashPlan(ALGORITHMS, decode=decode)
+    result = hash_file(str(transparent), plan)
+    assert result.error is None
+    assert result.hashes == hash_file(str(opaque), plan).hashes, \
+        _bits_apart(result.hashes, hash_file(str(opaque), plan).hashes)
+    if decode == "exact":
+        assert result.hashes == reference_for_file(transparent)  # the script's hashes
+
+
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_near_constant_images_are_flagged_flat(tmp_path, decode):
+    plan = HashPlan(ALGORITHMS, decode=decode)
+    rng = np.random.default_rng(3)
+    noise = np.clip(128 + rng.normal(0, 0.4, (900, 1200)), 0, 255).astype(np.uint8)
+    flat = {
+        "colour.png": Image.new("RGB", (1200, 900), (120, 50, 30)),
+        "colour.jpg": Image.new("RGB", (1200, 900), (30, 200, 90)),
+        "dot.png": Image.new("L", (1, 1), 255),
+        "black.png": Image.new("L", (64, 64), 0),
+        "faint-noise.png": Image.fromarray(noise),
+        "transparent.png": Image.new("RGBA", (300, 200), (0, 0, 0, 0)),
+    }
+    informative = {
+        "photo.jpg": photo("chelsea", (1200, 900)),
+        "moon.png": photo("moon"),
+        "dim.png": Image.fromarray((np.asarray(photo("astronaut").convert("L")) // 20)
+                                   .astype(np.uint8)),
+        "gradient.png": Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (100, 1))),
+    }
+    for group, expected in ((flat, True), (informative, False)):
+        for name, image in group.items():
+            path = tmp_path / name
+            image.save(path)
+            result = hash_file(str(path), plan)
+            assert result.error is None and result.flat is expected, name
 
 
 @pytest.mark.parametrize("mode", list(_mode_images()))
 def test_exact_matches_imagehash_for_every_mode(tmp_path, mode):
+    """Alpha is dropped before hashing, as ImageHash's convert("L") drops it: still ImageHash
+    on the file itself, i.e. the one-shot script's hashes."""
     image, fmt = _mode_images()[mode]
     path = tmp_path / f"image.{fmt.lower()}"
     with warnings.catch_warnings():
