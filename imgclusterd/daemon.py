@@ -104,6 +104,8 @@ class _State:
     watcher_mode: str | None = None
     warnings: list[str] = field(default_factory=list)
     refreshes: int = 0  # refreshes completed since start-up (tests and tools wait on it)
+    root_checks: int = 0  # looks for the images folder while waiting for it (likewise)
+    sighup_rescans: int = 0  # SIGHUPs received whose rescan has completed (likewise)
     failure: dict[str, Any] | None = None  # the refresh that is failing, until one succeeds
 
     def row(self, now: float) -> dict[str, Any]:
@@ -118,6 +120,8 @@ class _State:
             "watcher_mode": self.watcher_mode,
             "warnings": self.warnings,
             "refreshes": self.refreshes,
+            "root_checks": self.root_checks,
+            "sighup_rescans": self.sighup_rescans,
             "failure": self.failure,
         }
 
@@ -147,7 +151,8 @@ class Daemon:
         self._recheck_at: float | None = None  # see RefreshReport.held_until
         self._held = Batch()  # the failed refresh's batch, kept out of the debouncer till then
         self._failures = 0  # failed refreshes in a row (the backoff exponent)
-        self._retry_now = threading.Event()  # SIGHUP during a backoff: retry without waiting
+        self._hup = threading.Event()  # SIGHUP: retry a failed refresh / look for the folder now
+        self._sighups = 0  # SIGHUPs whose rescan is requested (written by the signal thread)
         self._signal_logged: dict[int, float] = {}
 
         self.debouncer = Debouncer(
@@ -279,8 +284,9 @@ class Daemon:
             self.wake.set()
         elif action == "rescan":
             log.info("%s received: rescanning the images folder", name)
-            self._retry_now.set()  # a failed refresh waiting for its retry: now
+            self._hup.set()  # tick(): a failed refresh or a missing folder is looked at now
             self.debouncer.request_rescan(name)
+            self._sighups += 1  # after the request: a refresh that sees it includes the rescan
         else:
             # Rate-limited: a SIGPIPE from writing this very line to a closed pipe must not
             # turn into a loop of log lines.
@@ -303,6 +309,11 @@ class Daemon:
         """One turn of the main loop: keep-alives, watcher health, and a refresh when due."""
         now = self.clock()
         self._ping()
+        if self._hup.is_set():
+            self._hup.clear()
+            self._next_root_check = now  # the user may have just remounted the drive
+            if self._retry_at is not None:
+                self._retry_at = now
         if now >= self._next_root_check:
             # Walking a photo-less folder for a photo costs something: not on every tick.
             self._next_root_check = now + (_WAITING_CHECK if self.state.phase == "waiting" else 0)
@@ -318,10 +329,6 @@ class Daemon:
         if self._recheck_at is not None and now >= self._recheck_at:
             self._recheck_at = None
             self.debouncer.request_rescan("photos that vanished at once: still gone?")
-        if self._retry_now.is_set():
-            self._retry_now.clear()
-            if self._retry_at is not None:
-                self._retry_at = now  # SIGHUP: the user asks for it now
         if self._retry_at is not None:
             # A failed refresh waits for its retry time, and so does everything that arrived
             # meanwhile: retrying on every event would hammer a full disk every few seconds.
@@ -355,6 +362,7 @@ class Daemon:
 
     def _refresh(self) -> None:
         assert self.pipeline is not None
+        sighups = self._sighups  # before take(): see on_signal
         batch = _merge(self._held, self.debouncer.take())
         self._held = Batch()
         self._retry_at = None
@@ -391,6 +399,7 @@ class Daemon:
         self._failures = 0
         self.state.failure = None
         self.state.refreshes += 1
+        self.state.sighup_rescans = sighups
         self._log_refresh(report)
         when = time.strftime("%H:%M", time.localtime())
         self._set_phase(
@@ -498,6 +507,7 @@ class Daemon:
         """Leave the waiting state when the folder is back; restart a dead watcher."""
         images: Path = self.config.images
         if self.state.phase == "waiting":
+            self.state.root_checks += 1
             if images.is_dir() and _has_photos(images, tuple(self.config.extensions)):
                 log.info("images folder %s is back: rescanning", images)
                 self._set_phase("idle", message="images folder is back")

@@ -1,14 +1,22 @@
 """Shared fixtures: photo folders made of real image files, the real CLI in a subprocess, and a
-guard that proves imgclusterd left the images folder byte-for-byte unchanged."""
+guard that proves imgclusterd left the images folder byte-for-byte unchanged.
+
+And a guard for the machine: every process the tests start inherits :data:`SESSION_MARKER` in
+its environment; at the end of the session any process still carrying it (a daemon a test
+forgot, a fork server, a hashing worker) fails the run, listed by pid and command line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -156,6 +164,49 @@ class DaemonProcess:
     def assert_alive(self) -> None:
         assert self.alive(), f"the daemon exited early:\n{self.log()}"
 
+    def counters(self) -> dict[str, int]:
+        """This process's own counters from its state row in the store (all 0 before it wrote
+        one): ``refreshes``, ``sighup_rescans`` (SIGHUPs whose rescan completed),
+        ``root_checks`` (looks for a missing images folder)."""
+        from imgclusterd.errors import StoreError
+        from imgclusterd.store import STORE_NAME, Store
+
+        names = ("refreshes", "sighup_rescans", "root_checks")
+        try:
+            with Store.open(self.config.store_dir / STORE_NAME, readonly=True) as store:
+                row = store.get_state("daemon") or {}
+        except StoreError:
+            row = {}
+        if row.get("pid") != self.pid:
+            row = {}
+        return {name: int(row.get(name) or 0) for name in names}
+
+    def rescan(self) -> dict[str, Any]:
+        """SIGHUP, then wait until the full rescan it asks for has completed: everything on
+        disk before the call is then in the store and the output. Returns the status."""
+        before = self.counters()["sighup_rescans"]
+        os.kill(self.pid, signal.SIGHUP)
+
+        def done() -> bool:
+            self.assert_alive()
+            return self.counters()["sighup_rescans"] > before
+
+        wait_for(done, "the rescan asked for by SIGHUP")
+        return self.status()
+
+    def look_for_images(self) -> dict[str, Any]:
+        """While the daemon waits for its images folder: SIGHUP makes it look at once; wait
+        until it has looked (its ``root_checks`` counter). Returns the status."""
+        before = self.counters()["root_checks"]
+        os.kill(self.pid, signal.SIGHUP)
+
+        def looked() -> bool:
+            self.assert_alive()
+            return self.counters()["root_checks"] > before
+
+        wait_for(looked, "the daemon to look for its images folder")
+        return self.status()
+
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -166,6 +217,72 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
         [sys.executable, "-m", "imgclusterd", *args],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
+
+
+SESSION_MARKER = "IMGCLUSTERD_TEST_SESSION"
+#: How long processes may take to exit once the session is over (a fork server notices its
+#: parent's end, a killed daemon's workers their parent's death): then they are leaks.
+LEFTOVER_GRACE = 20.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # setdefault: .ci/run (or a developer) may set it to find the leftovers itself, too.
+    os.environ.setdefault(SESSION_MARKER, f"{os.getpid()}-{uuid.uuid4().hex}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process started by the tests is still alive (see the module doc)."""
+    _stop_own_fork_server()
+    marker = f"{SESSION_MARKER}={os.environ[SESSION_MARKER]}".encode()
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    while (survivors := leftover_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not survivors:
+        return
+    lines = [f"pid {pid}: {command}" for pid, command in survivors]
+    lines.append(f"{len(survivors)} process(es) started by the tests outlived the session "
+                 f"({LEFTOVER_GRACE:.0f} s after its end): a leak; killed now")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "processes left running by the tests", red=True)
+        for line in lines:
+            reporter.write_line(line, red=True)
+    else:
+        print("\n".join(lines), file=sys.stderr)
+    for pid, _ in survivors:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # keep the shared machine clean
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def leftover_processes(marker: bytes) -> list[tuple[int, str]]:
+    """(pid, command line) of every other process whose environment holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        found.append((int(entry), command or "?"))
+    return found
+
+
+def _stop_own_fork_server() -> None:
+    """The in-process pools (test_pool, the stepped daemon...) share this process's fork
+    server, which lives as long as this process: stop it here, as the end of this process
+    would, so that only real leftovers remain."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if callable(stop):
+        stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -144,15 +144,16 @@ class Daemon(DaemonProcess):
 
         return wait_for(check, what)
 
-    def wait_quiet(self) -> None:
-        """Idle with nothing pending, twice in a row (a trailing refresh would have started)."""
-        def quiet() -> bool:
-            st = self.status()
-            return st["phase"] == "idle" and st["counts"]["pending"] == 0
+    def wait_quiet(self) -> dict[str, Any]:
+        """Everything on disk is processed: a SIGHUP rescan completed (see rescan()), then
+        idle with nothing pending."""
+        self.rescan()
 
-        wait_for(quiet, "the daemon to settle")
-        time.sleep(self.config.debounce + 3 * self.config.poll_interval)
-        wait_for(quiet, "the daemon to settle")
+        def quiet() -> dict[str, Any] | None:
+            st = self.status()
+            return st if st["phase"] == "idle" and st["counts"]["pending"] == 0 else None
+
+        return wait_for(quiet, "the daemon to settle")
 
     def terminate(self, timeout: float = DEADLINE) -> int:
         assert self.proc is not None
@@ -267,11 +268,16 @@ def test_part_file_renamed_to_final_name(
     daemon = start_daemon()
     source = make_photos(tmp_path / "dl", 1, seed=3, size=(1200, 900))[0]
     part = workspace.images / "download.jpg.part"
+    known = daemon.status()["counts"]["images"]
     with open(part, "wb") as handle:
         data = source.read_bytes()
         handle.write(data[: len(data) // 2])
         handle.flush()
-        time.sleep(1.5)  # a refresh may run meanwhile: the .part must be ignored
+        # A full rescan while the download is half written (no event would cause one: the
+        # watcher ignores the name): it sees the .part and must leave it alone.
+        st = daemon.rescan()
+        assert st["counts"]["images"] == known and st["counts"]["unreadable"] == 0, st
+        assert not any(".part" in t for t in output_targets(workspace.output))
         handle.write(data[len(data) // 2:])
     os.rename(part, workspace.images / "download.jpg")
     workspace.snapshot()
@@ -354,9 +360,9 @@ def test_root_renamed_away_and_back(
                       "status to say waiting")
         assert st["state"] == "running"
         assert "waiting" in (st["message"] or "")
-        time.sleep(3 * daemon.config.poll_interval + daemon.config.max_delay)
-        st = daemon.status()
-        assert st["phase"] == "waiting" and st["counts"]["images"] == known
+        for _ in range(2):  # it looks for the folder and finds it still missing
+            st = daemon.look_for_images()
+            assert st["phase"] == "waiting" and st["counts"]["images"] == known
         assert output_targets(workspace.output) == before
         daemon.assert_alive()
     finally:
@@ -496,9 +502,9 @@ def test_folder_left_with_only_non_photos_waits_without_flapping(
     workspace.snapshot()
     wait_for(lambda: daemon.status()["phase"] == "waiting", "the daemon to wait")
     log_before = daemon.log().count("is back")
-    time.sleep(4 * daemon.config.poll_interval + 3 * daemon.config.debounce + 2)
-    st = daemon.status()
-    assert st["phase"] == "waiting" and st["counts"]["images"] == len(photos)
+    for _ in range(3):  # it looks at the folder each time and keeps waiting
+        st = daemon.look_for_images()
+        assert st["phase"] == "waiting" and st["counts"]["images"] == len(photos)
     assert daemon.log().count("is back") == log_before, daemon.log()
     assert output_targets(workspace.output) == output_before
     for path in photos:
@@ -553,7 +559,8 @@ def test_status_in_every_state(workspace: Workspace, start_daemon: Any) -> None:
         hung = daemon.status(now=time.time() + status_module.STALE_AFTER + 5)
         assert hung["state"] == "not responding" and hung["pid"] == daemon.pid
         assert status_module.EXIT_CODES[hung["state"]] == 1
-        time.sleep(2.5)
+        wait_for(lambda: daemon.status()["heartbeat_age_seconds"] > 2.5,
+                 "the heartbeat to be older than the CLI's 2 s window below")
         script = (
             "import sys; import imgclusterd.status as s; s.STALE_AFTER = 2.0; "
             "from imgclusterd.cli import main; sys.exit(main(sys.argv[1:]))"

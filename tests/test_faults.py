@@ -447,8 +447,9 @@ def test_daemon_images_root_deleted_and_restored(workspace: Workspace,
     ws.images.rename(away)
     wait_for(lambda: (daemon.assert_alive(), daemon.status()["phase"] == "waiting")[1],
              "the daemon to wait for its folder")
-    time.sleep(1.5)  # a few ticks while it is gone
-    assert store_records(ws.state) == known and output_links(ws.output) == links
+    for _ in range(2):  # it looks for the folder while it is gone, and forgets nothing
+        assert daemon.look_for_images()["phase"] == "waiting"
+        assert store_records(ws.state) == known and output_links(ws.output) == links
     away.rename(ws.images)
     now = time.time()
     daemon.wait_idle(images=44, after=now)
