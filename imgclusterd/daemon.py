@@ -346,13 +346,14 @@ class Daemon:
         candidates = [HEARTBEAT_EVERY, 1.0]
         if self.ping_every:
             candidates.append(self.ping_every)
-        if self._retry_at is not None:
+        # While waiting for the images folder nothing is refreshed, and while backing off
+        # only the retry is: a due batch or retry must not make this a busy loop then.
+        if self.state.phase == "waiting":
+            pass
+        elif self._retry_at is not None:
             candidates.append(self._retry_at - self.clock())
-        elif self.state.phase != "waiting":
-            # (While backing off or waiting, a due batch must not make this a busy loop.)
-            due = self.debouncer.wait_time()
-            if due is not None:
-                candidates.append(due)
+        elif (due := self.debouncer.wait_time()) is not None:
+            candidates.append(due)
         return max(0.0, min(candidates))
 
     @property

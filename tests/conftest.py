@@ -275,14 +275,15 @@ def leftover_processes(marker: bytes) -> list[tuple[int, str]]:
 
 def _stop_own_fork_server() -> None:
     """The in-process pools (test_pool, the stepped daemon...) share this process's fork
-    server, which lives as long as this process: stop it here, as the end of this process
-    would, so that only real leftovers remain."""
-    from multiprocessing import forkserver
+    server and multiprocessing's resource tracker, which live as long as this process: stop
+    them here, as the end of this process would, so that only real leftovers remain."""
+    from multiprocessing import forkserver, resource_tracker
 
-    server = getattr(forkserver, "_forkserver", None)
-    stop = getattr(server, "_stop", None)
-    if callable(stop):
-        stop()
+    for helper in (getattr(forkserver, "_forkserver", None),
+                   getattr(resource_tracker, "_resource_tracker", None)):
+        stop = getattr(helper, "_stop", None)
+        if callable(stop):
+            stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -143,3 +143,35 @@ def test_sighup_retries_a_failed_refresh_at_once(
     daemon.tick()
     assert daemon.refreshes == 2 and daemon.state.failure is None
     assert "SIGHUP received: rescanning" in caplog.text
+
+
+def test_no_busy_loop_while_waiting_for_the_folder_with_a_retry_due(
+        workspace: Workspace, stepped: tuple[Daemon, Clock, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    daemon, clock, out = stepped
+    caplog.set_level(logging.INFO, logger="imgclusterd")
+    run_until_idle(daemon, clock)
+    aside = break_output(out)
+    daemon.debouncer.request_rescan("test")
+    clock.now += daemon.config.debounce
+    daemon.tick()
+    assert failed_attempts(caplog) == 1
+    away = workspace.images.with_name("images.away")
+    workspace.images.rename(away)
+    try:
+        clock.now += 1.0
+        daemon.tick()
+        assert daemon.state.phase == "waiting"
+        clock.now += RETRY_AFTER  # the retry is due, but there is nothing to refresh from
+        daemon.tick()
+        assert daemon.state.phase == "waiting" and failed_attempts(caplog) == 1
+        assert daemon._sleep_time() >= 1.0
+    finally:
+        away.rename(workspace.images)
+    repair_output(out, aside)
+    clock.now += 5.0  # the next look for the folder finds it back
+    daemon.tick()
+    clock.now += daemon.config.debounce
+    daemon.tick()
+    assert daemon.state.phase == "idle" and daemon.state.failure is None
+    assert daemon.refreshes == 2
