@@ -651,7 +651,8 @@ class Pipeline:
                 )
                 if result.error is None:
                     self.store.put_hashed(
-                        path, facts, result.digest, result.hashes, self.plan.decode, now
+                        path, facts, result.digest, result.hashes, self.plan.decode, now,
+                        flat=result.flat,
                     )
                     report.hashed += 1
                 elif now - result.facts.mtime_ns / 1e9 < SETTLE_SECONDS:

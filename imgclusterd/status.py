@@ -15,9 +15,11 @@ The JSON shape (``status --json``) is stable; new keys may be added, none remove
                | "thumbnails" | "waiting" | "stopped" | null,
       "progress": {"done": int, "total": int} | null,
       "message": str | null,
-      "counts": {"images": int, "hashed": int, "pending": int, "unreadable": int},
+      "counts": {"images": int, "hashed": int, "pending": int, "unreadable": int,
+                 "flat": int},
                  # images = photo files known (hashed + unreadable); pending = waiting to be
-                 # hashed by the running daemon (0 when it is not running)
+                 # hashed by the running daemon (0 when it is not running); flat = hashed
+                 # photos that are near-constant (blank, one colour): a warning names some
       "unreadable_examples": [{"path": str, "reason": str}, ...],
       "last_refresh": {"finished": str (ISO 8601), "seconds": float, "generation": str | null,
                        "hashed": int, "full": bool} | null,
@@ -68,7 +70,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "phase": None,
         "progress": None,
         "message": None,
-        "counts": {"images": 0, "hashed": 0, "pending": 0, "unreadable": 0},
+        "counts": {"images": 0, "hashed": 0, "pending": 0, "unreadable": 0, "flat": 0},
         "unreadable_examples": [],
         "last_refresh": None,
         "images": str(config.images),
@@ -91,6 +93,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                 last = store.get_state("last_refresh")
                 examples = store.unreadable(limit=5)
                 status["warnings"] += store_warnings(store)
+                flat = store.flat_images(limit=3)
         except StoreError as exc:
             status["message"] = str(exc)
         else:
@@ -100,7 +103,14 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                 "hashed": counts["hashed"],
                 "pending": int(daemon.get("pending", 0)) if pid else 0,
                 "unreadable": counts["unreadable"],
+                "flat": counts["flat"],
             }
+            if flat:
+                status["warnings"].append(
+                    f"{counts['flat']} photo(s) are flat (near-constant: blank, one colour), "
+                    "so their hashes carry almost no information and they cluster with each "
+                    f"other at low thresholds, e.g. {', '.join(flat)}"
+                )
             status["unreadable_examples"] = [{"path": p, "reason": r} for p, r in examples]
             if last:
                 status["last_refresh"] = {
@@ -218,7 +228,7 @@ def render(status: dict[str, Any]) -> str:
     c = status["counts"]
     lines.append(
         f"  photos:       {c['images']} known, {c['hashed']} hashed, {c['pending']} pending, "
-        f"{c['unreadable']} unreadable"
+        f"{c['unreadable']} unreadable, {c.get('flat', 0)} flat"
     )
     for example in status["unreadable_examples"]:
         lines.append(f"    unreadable: {example['path']}: {example['reason']}")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 STORE_NAME = "store.sqlite"
 APPLICATION_ID = 0x49434C44  # "ICLD": tells our store from any other SQLite file
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Named migrations, applied in order; each runs in one transaction with the version bump.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -82,6 +82,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE files ADD COLUMN ctime_ns INTEGER;
         ALTER TABLE files ADD COLUMN gone REAL;
         CREATE INDEX files_size ON files(size);
+        """,
+    ),
+    (
+        3,
+        "flat images",
+        # flat = 1: a near-constant image (blank, one colour; see hashing.FLAT_CONTRAST) whose
+        # hashes carry almost no information: it matches every other flat image at threshold
+        # 0, so status, export and the explorer flag it. NULL: hashed before this migration
+        # (unknown until the photo is hashed again) or unreadable.
+        """
+        ALTER TABLE files ADD COLUMN flat INTEGER;
+        CREATE INDEX files_flat ON files(flat) WHERE flat = 1;
         """,
     ),
 ]
@@ -355,9 +367,13 @@ class Store:
         hashes: Mapping[str, bytes],
         decode: str,
         now: float,
+        *,
+        flat: bool = False,
     ) -> int:
-        """Insert or replace a hashed file and its hashes. Call inside :meth:`transaction`."""
+        """Insert or replace a hashed file and its hashes. Call inside :meth:`transaction`.
+        ``flat``: the image is near-constant (see :meth:`flat_images`)."""
         file_id = self._upsert(path, facts, digest, "hashed", None, decode, now)
+        self._db.execute("UPDATE files SET flat = ? WHERE id = ?", (int(flat), file_id))
         self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
         self._db.executemany(
             "INSERT INTO hashes (file_id, algorithm, decode, bits) VALUES (?, ?, ?, ?)",
@@ -368,6 +384,7 @@ class Store:
     def put_unreadable(self, path: str, facts: Facts, reason: str, now: float) -> int:
         """Record why a file could not be hashed; it is retried only when it changes."""
         file_id = self._upsert(path, facts, None, "unreadable", reason, None, now)
+        self._db.execute("UPDATE files SET flat = NULL WHERE id = ?", (file_id,))
         self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
         return file_id
 
@@ -387,6 +404,10 @@ class Store:
             )
             return source.id
         file_id = self._upsert(path, facts, source.digest, "hashed", None, source.decode, now)
+        self._db.execute(
+            "UPDATE files SET flat = (SELECT flat FROM files WHERE id = ?) WHERE id = ?",
+            (source.id, file_id),
+        )
         self._db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
         self._db.execute(
             "INSERT INTO hashes (file_id, algorithm, decode, bits) "
@@ -486,7 +507,21 @@ class Store:
         counts = {"hashed": 0, "unreadable": 0}
         counts.update({status: n for status, n in rows})
         counts["known"] = counts["hashed"] + counts["unreadable"]
+        counts["flat"] = self._db.execute(
+            "SELECT count(*) FROM files WHERE flat = 1 AND status = 'hashed' AND gone IS NULL"
+        ).fetchone()[0]
         return counts
+
+    def flat_images(self, limit: int | None = None) -> list[str]:
+        """Relative paths of the hashed photos that are *flat* (near-constant: blank pages,
+        one colour), sorted; their hashes carry almost no information, so they cluster with
+        each other at low thresholds whatever they show. For status, export and the explorer."""
+        rows = self._db.execute(
+            "SELECT path FROM files WHERE flat = 1 AND status = 'hashed' AND gone IS NULL "
+            "ORDER BY path LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return [os.fsdecode(path) for (path,) in rows]
 
     def unreadable(self, limit: int = 5) -> list[tuple[str, str]]:
         rows = self._db.execute(

@@ -211,6 +211,37 @@ def test_unreadable_files_are_reported_and_skipped(workspace: Workspace) -> None
     assert "0 hashed now" in again.stdout  # not retried until they change
 
 
+def test_flat_images_are_flagged_and_a_16_bit_photo_is_not_one(workspace: Workspace) -> None:
+    """A 16-bit PNG used to hash as a blank page (the same hash as any flat image, so in
+    their cluster at threshold 0). Now it hashes as its photo, and the truly flat images are
+    recorded as flat: counted and named by status."""
+    import json
+
+    import numpy as np
+
+    images = workspace.images
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(images / "red.png")
+    Image.new("L", (1, 1), 255).save(images / "dot.png")
+    with Image.open(images / "scene06.jpg") as photo:
+        grey = np.asarray(photo.convert("L"), dtype=np.uint16)
+    Image.fromarray((grey * 257).astype("<u2")).save(images / "deep16.png")
+    workspace.snapshot()
+    assert workspace.scan().returncode == 0
+    result = run_cli("status", "--json", "--state-dir", str(workspace.state),
+                     cwd=workspace.root)
+    st = json.loads(result.stdout)
+    assert st["counts"]["flat"] == 2, st["counts"]
+    warning = next(w for w in st["warnings"] if "flat" in w)
+    assert "dot.png" in warning and "red.png" in warning and "deep16" not in warning
+    thr0 = next(iter(sorted(os.listdir(workspace.output / "phash_8"))))
+    together = [sorted(names) for d, _, names in
+                os.walk(workspace.output / "phash_8" / thr0, followlinks=True)
+                if any(n.startswith("dot_") for n in names)
+                and not os.path.basename(d).startswith("unclustered")]
+    assert together and not any(n.startswith("deep16_") for n in together[0]), together
+    assert any(n.startswith("red_") for n in together[0]), together  # flat: same hash
+
+
 def test_foreign_output_is_refused_and_untouched(workspace: Workspace) -> None:
     workspace.output.mkdir()
     (workspace.output / "keep.txt").write_text("the script's output")

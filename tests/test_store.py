@@ -177,3 +177,43 @@ def test_permission_denied_is_a_store_error(tmp_path: Path) -> None:
             Store.open(locked / "s.sqlite")  # the folder exists; the database cannot be made
     finally:
         locked.chmod(0o700)
+
+
+def test_migration_3_records_flat_images(tmp_path: Path) -> None:
+    """A store written by the previous schema gains the flat column (unknown for its rows);
+    hashed rows record it, copies inherit it, an unreadable row has none."""
+    from imgclusterd.store import APPLICATION_ID, MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    for number, _, sql in MIGRATIONS:
+        if number < 3:
+            old.executescript(sql)
+            old.execute(f"PRAGMA user_version = {number}")
+    old.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    old.execute("INSERT INTO files (path, size, mtime_ns, inode, device, digest, status, "
+                "decode, updated) VALUES (?, 1, 1, 1, 1, X'00', 'hashed', 'exact', 0)",
+                (b"before.jpg",))
+    old.commit()
+    old.close()
+    with Store.open(path) as store:
+        assert SCHEMA_VERSION >= 3
+        assert store.flat_images() == [] and store.counts()["flat"] == 0  # before: unknown
+        with store.transaction():
+            store.put_hashed("blank.png", FACTS, b"b", {"phash_8": b"\0" * 8}, "exact", 0,
+                             flat=True)
+            store.put_hashed("photo.jpg", FACTS, b"p", {"phash_8": b"\1" * 8}, "exact", 0)
+        source = store.find_digest(b"b")
+        assert source is not None
+        with store.transaction():
+            store.copy_hashes(source, "copy of blank.png", FACTS, 1)
+        assert store.flat_images() == ["blank.png", "copy of blank.png"]
+        assert store.flat_images(limit=1) == ["blank.png"]
+        assert store.counts()["flat"] == 2
+        with store.transaction():
+            store.put_unreadable("blank.png", FACTS, "truncated image", 2)
+            store.put_hashed("copy of blank.png", FACTS, b"c", {"phash_8": b"\2" * 8},
+                             "exact", 2)
+        assert store.flat_images() == [] and store.counts()["flat"] == 0
+        assert set(store.files()) == {"before.jpg", "blank.png", "copy of blank.png",
+                                      "photo.jpg"}
