@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -746,6 +749,133 @@ def test_reader_never_sees_a_partial_tree_during_100_writes(tmp_path: Path) -> N
     time.sleep(writer.grace_seconds + 0.1)
     writer.cleanup()
     assert len(generations(output)) == writer.keep_generations
+
+
+def test_grace_counts_from_the_swap_not_from_the_name() -> None:
+    """A generation is named before its flush (seconds on a busy disk): its predecessor's
+    grace period must start when it was swapped in, where the writer knows that."""
+    from imgclusterd.output.retention import kept_generations
+
+    names = ["g00000001-1000-" + "a" * 16, "g00000002-2000-" + "b" * 16,
+             "g00000003-3000-" + "c" * 16]
+    kept, dropped = kept_generations(names, names[2], now=13.0, keep=2, grace_seconds=10)
+    assert dropped == names[:1]  # superseded at 2.0 s (its successor's name), 11 s ago
+    kept, dropped = kept_generations(names, names[2], now=13.0, keep=2, grace_seconds=10,
+                                     swapped_at={names[1]: 5.0})
+    assert dropped == [] and kept == names  # swapped in at 5.0 s: 8 s ago
+
+
+# ---------------------------------------------------------------------- find -L during swaps
+
+FIND_ERROR_RE = re.compile(r"find: '(.*)': (.*)\Z")
+
+
+def tree_paths(tree: OutputTree) -> set[str]:
+    """Every path of a generation, relative to OUTPUT, as `find -L` lists them."""
+    paths = set()
+    for algo, sweep in expected(tree).items():
+        paths.add(algo)
+        for thr, folders in sweep.items():
+            paths.add(f"{algo}/{thr}")
+            for folder, entries in folders.items():
+                paths.add(f"{algo}/{thr}/{folder}")
+                paths.update(f"{algo}/{thr}/{folder}/{name}" for name in entries)
+    return paths
+
+
+def find_during_swaps(
+    tmp_path: Path, root: Callable[[Path], str], grace_seconds: float = 5.0
+) -> tuple[list[tuple[str, subprocess.CompletedProcess[str], int]], list[set[str]]]:
+    """Real `find -L root(OUTPUT)` walks, one after the other, while the writer swaps in new
+    generations (grace 5 s, as readers get by default: 60 s): at least 50 swaps, and until
+    several walks spanned two swaps. Returns (root, find's result, swaps during it) per
+    walk, and every generation's paths."""
+    rng = random.Random(3)
+    links = make_images(tmp_path / "images", 60)
+    output = tmp_path / "out"
+    writer = OutputWriter(output, keep_generations=2, grace_seconds=grace_seconds)
+    first = chain_tree(links[:30], ("phash_8", "dhash_8", "avhash_8"))
+    writer.write(first)
+    generations = [tree_paths(first)]
+    walks: list[tuple[str, subprocess.CompletedProcess[str], int]] = []
+    stop = threading.Event()
+    environment = {**os.environ, "LC_ALL": "C"}
+
+    def sequence() -> int:
+        return int(os.readlink(output).rsplit("/g", 1)[1].split("-")[0])
+
+    def walker() -> None:
+        while not stop.is_set():
+            before = sequence()
+            start = root(output)
+            # -exec per folder: a slow reader (a file manager, a backup tool), whose walk
+            # spans several swaps
+            result = subprocess.run(["find", "-L", start, "-print", "-type", "d", "-exec",
+                                     "true", ";"],
+                                    capture_output=True, text=True, env=environment,
+                                    timeout=60)
+            walks.append((start, result, sequence() - before))
+
+    thread = threading.Thread(target=walker)
+    thread.start()
+    try:
+        for number in range(400):
+            tree = chain_tree(rng.sample(links, rng.randrange(20, 60)),
+                              ("phash_8", "dhash_8", "avhash_8"))
+            writer.write(tree)
+            generations.append(tree_paths(tree))
+            if number >= 50 and sum(swaps >= 2 for _, _, swaps in walks) >= 3:
+                break
+    finally:
+        stop.set()
+        thread.join()
+    # A walk during two swaps is one whose generation was no longer among the newest two
+    # before it ended: only the grace period kept it.
+    assert sum(swaps >= 2 for _, _, swaps in walks) >= 1, "no walk spanned two swaps"
+    return walks, generations
+
+
+def relative(start: str, line: str) -> str:
+    return os.path.relpath(line, start) if line != start else "."
+
+
+def test_find_in_a_pinned_generation_sees_exactly_one_generation(tmp_path: Path) -> None:
+    """`cd OUTPUT` or `find -L "$(realpath OUTPUT)"`: one complete generation, no error,
+    however many swaps happen during the walk (within the grace period)."""
+    walks, generations = find_during_swaps(tmp_path, lambda out: os.path.realpath(out))
+    for start, result, _ in walks:
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        listed = {relative(start, line) for line in result.stdout.splitlines()} - {"."}
+        assert listed in generations, "a pinned walk saw no single generation"
+
+
+def test_find_through_output_sees_whole_folders_and_only_vanished_names(tmp_path: Path) -> None:
+    """`find -L OUTPUT` re-resolves OUTPUT/... at every step, so across a swap it continues in
+    the new generation. What the README promises it, and nothing more: every folder it lists
+    is a whole folder of one generation (a cluster folder <CCC>_<size> shows <size> entries,
+    each listed or, if the next generation dropped it meanwhile, reported missing), every
+    path it prints is one of some generation, and its only errors are "No such file or
+    directory" for names the generation after a swap does not have."""
+    walks, generations = find_during_swaps(tmp_path, lambda out: str(out))
+    every = set().union(*generations)
+    for start, result, _ in walks:
+        listed = [relative(start, line) for line in result.stdout.splitlines()]
+        missing = []
+        for line in result.stderr.splitlines():
+            match = FIND_ERROR_RE.match(line)
+            assert match and match[2] == "No such file or directory", line
+            missing.append(relative(start, match[1]))
+        assert set(listed) - {"."} <= every, "a path no generation has"
+        for path in missing:
+            assert path in every and any(path not in g for g in generations), path
+        entries: dict[str, set[str]] = {}  # a name may be printed, then found missing
+        for path in listed + missing:
+            entries.setdefault(os.path.dirname(path), set()).add(path)
+        for folder in listed:
+            name = os.path.basename(folder)
+            if folder.count("/") == 2 and folder not in missing:
+                size = int(name.rsplit("_", 1)[1])
+                assert len(entries.get(folder, ())) == size, (folder, entries.get(folder))
 
 
 # ---------------------------------------------------------------------- property

@@ -19,8 +19,11 @@ directories in a hidden area beside it. The package, one concern per module:
 
 Readers: ``cd OUTPUT`` (or ``os.path.realpath(OUTPUT)``) pins a generation, which stays intact
 for at least ``grace_seconds`` after it is replaced and while it is among the newest
-``keep_generations``. A reader that re-resolves ``OUTPUT/...`` path strings across a swap sees
-the new generation, whose ``thr_*_unclustered_<U>`` names may differ.
+``keep_generations``. A reader that re-resolves ``OUTPUT/...`` path strings across a swap goes
+on in the new generation, whose ``thr_*_unclustered_<U>`` names may differ: each folder it opens
+is whole (objects are immutable while any kept generation reaches them), and a name the new
+generation lacks is ENOENT. The README states this; ``tests/test_output.py`` runs ``find -L``
+both ways during swaps to hold it.
 """
 
 from __future__ import annotations

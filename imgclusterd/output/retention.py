@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .area import DIGEST_RE, GENERATION_RE, Area, remove_tree
 from .plan import Role
@@ -31,21 +31,27 @@ def kept_generations(
     now: float,
     keep: int,
     grace_seconds: float,
+    swapped_at: Mapping[str, float] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Split generation names (oldest first) into kept and dropped. Pure.
 
     Kept: the current one, the newest ``keep``, and any superseded less than ``grace_seconds``
-    before ``now`` (a generation is superseded at the time in its successor's name). With no
-    current generation of ours, everything is kept.
+    before ``now``. A generation is superseded when its successor was swapped in:
+    ``swapped_at[successor]`` where this process did the swap, else the time in the
+    successor's name (when it was named, a flush before its swap). With no current generation
+    of ours, everything is kept.
     """
     now_ms = now * 1000
+    swapped_at = swapped_at or {}
     kept: list[str] = []
     dropped: list[str] = []
     for i, name in enumerate(names):
         newer = names[i + 1] if i + 1 < len(names) else None
-        superseded_ms = (
-            int(GENERATION_RE.match(newer)[2]) if newer else None  # type: ignore[index]
-        )
+        superseded_ms: float | None = None
+        if newer is not None:
+            superseded_ms = int(GENERATION_RE.match(newer)[2])  # type: ignore[index]
+            if newer in swapped_at:
+                superseded_ms = max(superseded_ms, swapped_at[newer] * 1000)
         keep_it = (
             name == current
             or current is None
@@ -66,13 +72,14 @@ def collect(
     now: float,
     purge: set[str],
     sweep_links: bool = False,
+    swapped_at: Mapping[str, float] | None = None,
 ) -> int:
     """Drop generations, pool what no kept generation reaches, purge ``purge``'s leftovers.
 
     Returns how many objects and pool entries were deleted.
     """
     kept, dropped = kept_generations(
-        area.generation_names(), area.current_name(), now, keep, grace_seconds
+        area.generation_names(), area.current_name(), now, keep, grace_seconds, swapped_at
     )
     roles: dict[str, tuple[int, Role | None]] = {}
     for name in dropped:

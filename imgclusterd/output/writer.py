@@ -90,6 +90,9 @@ class OutputWriter:
         self._area = Area(self.output, self.hooks)
         self._pool = Pool(self._area, recycle_min)
         self._leaf_memo: LeafMemo = {}  # the last plan's folders -> (digest, entries)
+        # generation -> when this process swapped it in: the grace period of its predecessor
+        # counts from there (its name was given before the flush, which may take seconds).
+        self._swapped_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -181,6 +184,7 @@ class OutputWriter:
                     area.sync()
                     sync_seconds = time.perf_counter() - sync_started
                     area.swap(name)
+                    self._swapped_at[name] = self.clock()
                 gc_started = time.perf_counter()
                 try:
                     counts.deleted += self._collect(purge=pool_before)
@@ -243,6 +247,8 @@ class OutputWriter:
     # ------------------------------------------------------------------ private
 
     def _collect(self, purge: set[str], sweep_links: bool = False) -> int:
+        names = set(os.listdir(self._area.generations))
+        self._swapped_at = {n: t for n, t in self._swapped_at.items() if n in names}
         return collect(
             self._area,
             self._pool,
@@ -251,6 +257,7 @@ class OutputWriter:
             now=self.clock(),
             purge=purge,
             sweep_links=sweep_links,
+            swapped_at=self._swapped_at,
         )
 
     def _build_failed(self, exc: OSError, pool: set[str]) -> OutputError:
