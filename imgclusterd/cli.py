@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "without --algorithm: the algorithms whose sweep holds T)")
     export.add_argument("--format", choices=["json", "csv"], default="json",
                         help="json (default; schema in the README) or csv (one row per "
-                        "member: algorithm,threshold,cluster,size,path,hash,digest)")
+                        "member: algorithm,threshold,cluster,size,path,hash,digest,flat)")
     export.set_defaults(handler=cmd_export)
 
     similar = commands.add_parser(

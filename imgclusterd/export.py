@@ -20,20 +20,22 @@ JSON (``--format json``, the default), version 1; keys may be added, none remove
            {"threshold": 0, "folder": "thr_000_unclustered_40", "unclustered": 40,
             "clusters": [
               {"number": 1, "folder": "001_3", "size": 3,
-               "members": [{"path": str, "hash": str, "digest": str}, ...]},
+               "members": [{"path": str, "hash": str, "digest": str, "flat": bool}, ...]},
               ...]},
            ...]},
         ...]
     }
 
 ``path`` is absolute (the target of the tree's link), ``hash`` the hex the link's name carries,
-``digest`` the sha256 of the photo's content in hex (also the thumbnail's name). Clusters come
+``digest`` the sha256 of the photo's content in hex (also the thumbnail's name), ``flat`` true
+for a near-constant image (a blank page, one colour: its hashes carry almost no information, so
+it clusters with every other flat image whatever it shows). Clusters come
 largest first, then by smallest path; members by path. Photos in no cluster are only counted
 (``unclustered``). The JSON is ASCII: a path that is not valid UTF-8 carries Python's
 surrogate escapes (``\\udcXX``), from which ``os.fsencode`` gives the original bytes back.
 
 CSV (``--format csv``): a header, then one row per cluster member:
-``algorithm,threshold,cluster,size,path,hash,digest`` (paths as raw bytes).
+``algorithm,threshold,cluster,size,path,hash,digest,flat`` (paths as raw bytes; flat 1 or 0).
 """
 
 from __future__ import annotations
@@ -69,21 +71,23 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CSV_COLUMNS = ("algorithm", "threshold", "cluster", "size", "path", "hash", "digest")
+CSV_COLUMNS = ("algorithm", "threshold", "cluster", "size", "path", "hash", "digest", "flat")
 
 Format = Literal["json", "csv"]
 
 
 @dataclass(frozen=True)
 class Member:
-    """One photo of a cluster: absolute path, hash hex (as in the link name), digest hex."""
+    """One photo of a cluster: absolute path, hash hex (as in the link name), digest hex, and
+    whether it is flat (near-constant)."""
 
     path: str
     hash: str
     digest: str
+    flat: bool = False
 
-    def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "hash": self.hash, "digest": self.digest}
+    def to_json(self) -> dict[str, str | bool]:
+        return {"path": self.path, "hash": self.hash, "digest": self.digest, "flat": self.flat}
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Snapshot:
     photos: int
     rows: dict[str, list[tuple[int, str, bytes]]]
     digests: dict[int, bytes | None]
+    flat: frozenset[int] = frozenset()  # file ids of flat (near-constant) photos
 
 
 def open_store(config: Config) -> Store:
@@ -155,6 +160,7 @@ def read_snapshot(store: Store, algorithms: Sequence[Algorithm], decode: str) ->
         files = store.files()
         rows = {a.name: store.hashes(a.name, decode) for a in algorithms}
         revision = store.revision()
+        flat_paths = store.flat_images()
     hashed = [record for record in files.values() if record.status == "hashed"]
     if hashed and not any(rows.values()):
         modes = sorted({r.decode for r in hashed if r.decode and r.decode != decode})
@@ -169,6 +175,7 @@ def read_snapshot(store: Store, algorithms: Sequence[Algorithm], decode: str) ->
         photos=len(hashed),
         rows=rows,
         digests={record.id: record.digest for record in files.values()},
+        flat=frozenset(files[path].id for path in flat_paths if path in files),
     )
 
 
@@ -187,6 +194,7 @@ def threshold_clusters(
             path=os.path.join(images, path),
             hash=hash_hex(bits, algorithm.bits),
             digest=(snapshot.digests.get(file_id) or b"").hex(),
+            flat=file_id in snapshot.flat,
         )
         for file_id, path, bits in rows
     }
@@ -286,7 +294,7 @@ def _write_csv(out: TextIO, parts: Iterator[tuple[Algorithm, list[ThresholdClust
                 for m in cluster:
                     writer.writerow(
                         (algorithm.name, part.threshold, number, len(cluster), m.path, m.hash,
-                         m.digest)
+                         m.digest, int(m.flat))
                     )  # fmt: skip
 
 

@@ -7,12 +7,13 @@ thumbnail. The store is read read-only, so this works beside a running daemon.
 
 JSON (``--json``), version 1; keys may be added, none removed or renamed:
 
-    {"version": 1, "photo": str, "algorithm": str, "hash": str, "digest": str,
+    {"version": 1, "photo": str, "algorithm": str, "hash": str, "digest": str, "flat": bool,
      "max_distance": int, "indexed": int,
      "matches": [{"path": str, "distance": int, "hash": str, "digest": str,
-                  "identical": bool}, ...]}      # nearest first, then by path
+                  "identical": bool, "flat": bool}, ...]}      # nearest first, then by path
 
-``identical`` is true when the indexed file has the same content (sha256) as PHOTO.
+``identical`` is true when the indexed file has the same content (sha256) as PHOTO; ``flat``
+marks a near-constant image (blank, one colour), whose hashes match every other flat image.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Match:
     hash: str
     digest: str
     identical: bool
+    flat: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Similar:
     algorithm: str
     hash: str
     digest: str
+    flat: bool
     max_distance: int
     indexed: int  # photos compared against
     matches: list[Match]
@@ -104,6 +107,7 @@ def find_similar(
                     hash=hash_hex(their_bits, chosen.bits),
                     digest=(digest or b"").hex(),
                     identical=digest == query.digest,
+                    flat=file_id in snapshot.flat,
                 )
             )
         matches.sort(key=lambda m: (m.distance, m.path))
@@ -114,6 +118,7 @@ def find_similar(
         algorithm=chosen.name,
         hash=hash_hex(bits, chosen.bits),
         digest=(query.digest or b"").hex(),
+        flat=query.flat,
         max_distance=max_distance,
         indexed=len(rows),
         matches=matches,
@@ -134,13 +139,15 @@ def _hash_photo(photo: Path, config: Config) -> HashResult:
 
 def render(result: Similar) -> str:
     """Human form: a headline, then ``distance  path`` lines."""
+    flat = " (a flat image: it matches other flat images whatever they show)"
     lines = [
         f"{result.photo}: {result.algorithm} {result.hash}; {len(result.matches)} of "
         f"{result.indexed} indexed photos within distance {result.max_distance}"
+        f"{flat if result.flat else ''}"
     ]
     for m in result.matches:
-        same = "  (identical file)" if m.identical else ""
-        lines.append(f"{m.distance:4d}  {m.path}{same}")
+        notes = [n for n, on in (("identical file", m.identical), ("flat", m.flat)) if on]
+        lines.append(f"{m.distance:4d}  {m.path}" + (f"  ({', '.join(notes)})" if notes else ""))
     return "\n".join(lines)
 
 

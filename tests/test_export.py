@@ -129,9 +129,12 @@ def test_export_one_threshold_and_csv(scanned):
                  "--format", "csv")
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == ["algorithm", "threshold", "cluster", "size", "path", "hash", "digest"]
+    assert rows[0] == [
+        "algorithm", "threshold", "cluster", "size", "path", "hash", "digest", "flat"
+    ]
     expected = [
-        ["phash_12", "10", str(c["number"]), str(c["size"]), m["path"], m["hash"], m["digest"]]
+        ["phash_12", "10", str(c["number"]), str(c["size"]), m["path"], m["hash"], m["digest"],
+         str(int(m["flat"]))]
         for c in thr["clusters"] for m in c["members"]
     ]
     assert rows[1:] == expected and expected
@@ -206,6 +209,32 @@ def test_a_single_photo_has_no_clusters(tmp_path, sample_source):
     thresholds = data["algorithms"][0]["thresholds"]
     assert [t["threshold"] for t in thresholds] == list(range(20))
     assert all(t["clusters"] == [] and t["unclustered"] == 1 for t in thresholds)
+
+
+def test_flat_images_are_marked(tmp_path, sample_source):
+    ws = Workspace(tmp_path)
+    ws.images.mkdir(parents=True)
+    ws.state.mkdir()
+    shutil.copy(sample_source / "scene01.jpg", ws.images)
+    shutil.copy(sample_source / "scene01_copy_q60.jpg", ws.images)
+    Image.new("RGB", (640, 480), "white").save(ws.images / "blank_white.png")
+    Image.new("RGB", (800, 600), (200, 30, 30)).save(ws.images / "all_red.jpg")
+    ws.snapshot()
+    assert ws.scan("-q").returncode == 0
+    data = export_json(ws, "--algorithm", "phash_8", "--threshold", "0")
+    flat = {Path(m["path"]).name: m["flat"]
+            for c in data["algorithms"][0]["thresholds"][0]["clusters"] for m in c["members"]}
+    assert flat == {"blank_white.png": True, "all_red.jpg": True,
+                    "scene01.jpg": False, "scene01_copy_q60.jpg": False}
+    result = run_cli("similar", str(ws.images / "all_red.jpg"), "--json", "--state-dir",
+                     str(ws.state), cwd=ws.root)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["flat"] is True
+    assert {Path(m["path"]).name for m in found["matches"] if m["flat"]} == {
+        "blank_white.png", "all_red.jpg"
+    }
+    ws.assert_unchanged()
 
 
 # -- similar -------------------------------------------------------------------------------------
