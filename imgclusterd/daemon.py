@@ -154,6 +154,7 @@ class Daemon:
         self._hup = threading.Event()  # SIGHUP: retry a failed refresh / look for the folder now
         self._sighups = 0  # SIGHUPs whose rescan is requested (written by the signal thread)
         self._signal_logged: dict[int, float] = {}
+        self._missed_warning: str | None = None  # see _check_watch_effective
 
         self.debouncer = Debouncer(
             config.debounce, config.max_delay, clock, on_change=self.wake.set
@@ -390,6 +391,7 @@ class Daemon:
         if report.deferred:
             # Still being written (or changed while hashed): look again after the next quiet.
             self.debouncer.add(report.deferred)
+        self._check_watch_effective(batch, report)
         if report.held_until is not None:
             # Photos vanished en masse are kept for now; a full rescan decides after the grace.
             self._recheck_at = self.clock() + max(0.0, report.held_until - time.time())
@@ -407,6 +409,30 @@ class Daemon:
             "idle",
             message=f"idle: {report.images:,} images, refreshed {when}",
         )
+
+    def _check_watch_effective(self, batch: Batch, report: RefreshReport) -> None:
+        """A periodic rescan that finds changes nobody reported means the watch misses
+        events (a folder reached through a link or a bind mount, a file changed through a
+        hard link from outside): say so in status, as it means photos wait up to an hour.
+        Only in inotify mode: a poller legitimately lags the rescan by a poll interval."""
+        if batch.paths or batch.reasons != ["periodic rescan"] or report.interrupted:
+            return
+        if self.state.watcher_mode != "inotify":
+            return
+        found = (report.hashed + report.copies + report.verified + report.moved
+                 + report.removed + len(report.new_unreadable))
+        if not found:
+            self._missed_warning = None
+            return
+        when = time.strftime("%H:%M", time.localtime())
+        self._missed_warning = (
+            f"the file watch on {self.config.images} is not effective: the periodic rescan at "
+            f"{when} found {found} change(s) it had not reported; new photos may wait until "
+            "the next rescan (rescan_interval)"
+        )
+        log.warning("%s", self._missed_warning)
+        self._copy_watcher_warnings()
+        self._heartbeat(force=True)
 
     def _prepare_spares(self) -> None:
         """Spend idle time making the next refresh cheap: spare copies of the output folders
@@ -580,6 +606,8 @@ class Daemon:
         if self.watcher.handler_errors:
             warnings.append(f"{self.watcher.handler_errors} error(s) in the event handler "
                             "(logged); a rescan followed each")
+        if self._missed_warning:
+            warnings.append(self._missed_warning)
         self.state.warnings = warnings
 
     # -- status, heartbeat, systemd ---------------------------------------------------------

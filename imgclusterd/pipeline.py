@@ -432,6 +432,8 @@ class Pipeline:
                 "(set `images` in the config or pass --images)"
             )
         exclude = [self.config.output, self.config.store_dir]
+        if dirty is not None and self.store.get_state("vanish_hold"):
+            dirty = None  # photos are coming back after a mass disappearance: count them all
         if dirty is None or self.config.follow_symlinks:
             report.full = True
             listing = reconcile.walk(

@@ -17,6 +17,10 @@ Why the care:
   tree: fall back to polling with a warning naming the sysctl to raise. Running out later, for one
   new directory, is reported as a warning plus a rescan (reconcile finds the files).
 - An inotify queue overflow loses events; watchdog only logs it, we ask for a rescan.
+- An images folder given as a symlink is watched where it points: watchdog asks inotify not to
+  follow symlinks, so a watch on the link itself saw the sub-folders but none of the photos at
+  the top. Paths are still reported under the configured name, and a link that is pointed
+  elsewhere makes :meth:`Watcher.alive` false (restart, rescan).
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class Watcher:
         self._mountinfo = mountinfo
         self._observer: BaseObserver | None = None
         self._root_id: tuple[int, int] | None = None
+        self._watched = str(self.root)  # the resolved root, set by start()
         self._lock = threading.Lock()
         self._starting = False
         self._limit_during_start: OSError | None = None
@@ -150,6 +155,10 @@ class Watcher:
         self._root_id = self._identity()
         if self._root_id is None:
             raise RootMissingError(self.root)
+        self._watched = os.path.realpath(self.root)
+        self._handler.watched = self._watched
+        if self._watched != str(self.root):
+            logger.info("%s is a symlink: watching %s", self.root, self._watched)
         mode = self.requested_mode
         if mode == "auto":
             fstype = filesystem_type(self.root, self._mountinfo)
@@ -191,6 +200,10 @@ class Watcher:
         emitters = observer.emitters
         if not emitters or not all(emitter.is_alive() for emitter in emitters):
             return False
+        if os.path.realpath(self.root) != self._watched:
+            logger.warning("%s now points at %s, not %s: watching it again", self.root,
+                           os.path.realpath(self.root), self._watched)
+            return False
         return self._identity() == self._root_id
 
     def __enter__(self) -> Watcher:
@@ -230,7 +243,7 @@ class Watcher:
         try:
             observer.schedule(
                 self._handler,
-                str(self.root),
+                self._watched,
                 recursive=True,
                 event_filter=_EVENT_FILTER,
                 follow_symlink=self.follow_symlinks,
@@ -300,6 +313,7 @@ class _Handler(FileSystemEventHandler):
     ) -> None:
         super().__init__()
         self._root = str(root)
+        self.watched = self._root  # where the events come from (the resolved root)
         self._on_paths = on_paths
         self._on_rescan = on_rescan
         self._is_candidate = is_candidate
@@ -322,8 +336,8 @@ class _Handler(FileSystemEventHandler):
                 logger.exception("requesting a rescan after a handler failure failed")
 
     def _dispatch(self, event: FileSystemEvent) -> None:
-        src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path) if event.dest_path else ""
+        src = self._reported(os.fsdecode(event.src_path))
+        dest = self._reported(os.fsdecode(event.dest_path)) if event.dest_path else ""
         if event.is_directory:
             self._directory_event(event, src, dest)
             return
@@ -346,6 +360,12 @@ class _Handler(FileSystemEventHandler):
                 self._on_rescan(f"folder appeared: {src}")
         elif isinstance(event, DirDeletedEvent) and self._relevant_dir(src):
             self._on_rescan(f"folder removed: {src}")
+
+    def _reported(self, path: str) -> str:
+        """An event path under the resolved root, as a path under the configured root."""
+        if self.watched != self._root and contains(self.watched, path):
+            return self._root + path[len(self.watched):]
+        return path
 
     def _relevant_dir(self, path: str) -> bool:
         return bool(path) and not self._hidden_or_excluded(path)

@@ -431,3 +431,27 @@ def _run_in_user_namespace(code: str) -> subprocess.CompletedProcess[str]:
     )
     assert result.returncode == 0, result.stderr
     return result
+
+
+def test_root_given_as_a_symlink_is_watched_where_it_points(tmp_path: Path) -> None:
+    """watchdog adds its watches with IN_DONT_FOLLOW: on the link itself, photos at the top of
+    the folder were never reported. Paths come back under the configured (link) name."""
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    recorder = Recorder()
+    with Watcher(link, recorder.on_paths, recorder.on_rescan, mode="inotify",
+                 is_candidate=is_image) as watcher:
+        if watcher.mode != "inotify":
+            pytest.skip(f"inotify unavailable here right now: {watcher.warnings}")
+        (real / "top.jpg").write_bytes(b"x")
+        (real / "sub" / "deep.jpg").write_bytes(b"x")
+        recorder.wait_paths(link / "top.jpg", link / "sub" / "deep.jpg")
+        assert all(p.startswith(str(link) + os.sep) for p in recorder.paths), recorder.paths
+        assert watcher.alive()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        link.unlink()
+        link.symlink_to(elsewhere)  # the link now names another folder: watch that one
+        assert not watcher.alive()
