@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from imgclusterd import status as status_module
+from imgclusterd.explorer import DATA_FILE, PAGE_FILES
 
 from .conftest import DaemonProcess, Workspace, run_cli, wait_for
 
@@ -73,7 +74,8 @@ def assert_complete_generation(output: Path, images: set[str] | None = None) -> 
     target = os.readlink(output)
     assert GENERATION_RE.search(target), f"OUTPUT points at {target!r}, not a generation"
     root = Path(os.path.realpath(output))
-    assert sorted(os.listdir(root)) == sorted(THRESHOLDS)
+    # Beside the algorithm folders: the explorer page, written and swapped with the tree.
+    assert sorted(os.listdir(root)) == sorted([*THRESHOLDS, *PAGE_FILES, DATA_FILE])
     seen: set[str] | None = images
     for algorithm, count in THRESHOLDS.items():
         folders = sorted(os.listdir(root / algorithm))
