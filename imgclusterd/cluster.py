@@ -567,6 +567,11 @@ class ClusterIndex(Generic[K]):
         place, so a reader (the mounted view's snapshot) may keep it."""
         return self._packed
 
+    @property
+    def positions(self) -> Mapping[K, int]:
+        """key -> vertex. Replaced, never modified, by :meth:`update` (as :attr:`packed`)."""
+        return self._index
+
     def update(self, added: Mapping[K, bytes], removed: Iterable[K] = ()) -> None:
         """Remove ``removed`` (unknown keys are ignored), then add or replace ``added``.
 

@@ -26,7 +26,16 @@ from .errors import ConfigError, ImagesFolderError, StoreError
 from .explorer import ExplorerAlgorithm, ExplorerPhoto, page_files
 from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
-from .output import Link, OutputTree, OutputWriter, ThresholdFolder, WriteReport, link_name
+from .incremental import AlgorithmState, ranks_of, tree_patches
+from .output import (
+    Link,
+    OutputTree,
+    OutputWriter,
+    ThresholdFolder,
+    ThresholdPatch,
+    WriteReport,
+    link_name,
+)
 from .pool import HashPool
 from .store import STORE_NAME, FileRecord, Store
 from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
@@ -129,6 +138,7 @@ class Pipeline:
                 config.output,
                 keep_generations=config.keep_generations,
                 grace_seconds=config.generation_grace,
+                lean=True,  # refreshes after the first one patch the tree (write_delta)
             )
             self.writer.check()  # refuse a foreign output before touching anything
             # One process per output, whatever its state dir: two daemons with different state
@@ -143,6 +153,9 @@ class Pipeline:
         self._pool: HashPool | None = None
         self._indexes: dict[str, ClusterIndex] = {}
         self._indexed_bits: dict[str, dict[int, bytes]] = {}
+        # What the output last received per algorithm (see incremental): set only after a
+        # successful write, so a failed one makes the next refresh plan the whole tree.
+        self._states: dict[str, AlgorithmState] = {}
         self._output_cleaned = False  # a write cleans up too; see refresh()
         self._thumbnails_done_at: int | None = None  # store revision of the last full pass
         self._thumbnail_failures: set[bytes] = set()  # digests that did not decode: not again
@@ -272,7 +285,12 @@ class Pipeline:
         ):
             tick = time.perf_counter()
             self.progress("clustering", 0, len(self.algorithms))
-            tree = self._cluster(report)
+            # Patches build on the current generation's folders: never on damaged ones.
+            incremental = (
+                not force_output and self.writer.can_patch() and not self.writer.needs_repair()
+            )
+            states, self._states = self._states, {}
+            tree, delta, pending = self._cluster(report, states if incremental else {})
             report.timings["cluster"] = time.perf_counter() - tick
             if self.stop.is_set():
                 report.interrupted = True
@@ -280,11 +298,21 @@ class Pipeline:
                 return report
             tick = time.perf_counter()
             self.progress("writing", 0, 0)
-            report.output = self.writer.write(
-                tree,
-                extra_files=self._explorer_page() if self.config.explorer else None,
-                progress=lambda done, total: self.progress("writing", done, total),
-            )
+
+            def writing(done: int, total: int) -> None:
+                self.progress("writing", done, total)
+
+            extra = self._explorer_page() if self.config.explorer else None
+            if delta is not None:
+                try:
+                    report.output = self.writer.write_delta(delta, extra, progress=writing)
+                except ValueError as exc:  # a bug, not a user error: the whole tree is right
+                    log.warning("output patch refused (%s); writing the whole tree", exc)
+                    tree, _, pending = self._cluster(report, {})
+                    report.output = self.writer.write(tree, extra, progress=writing)
+            else:
+                report.output = self.writer.write(tree, extra, progress=writing)
+            self._states = pending
             report.generation = report.output.generation
             report.timings["write"] = time.perf_counter() - tick
         else:
@@ -355,7 +383,7 @@ class Pipeline:
         sweeps = []
         for done, algorithm in enumerate(self.algorithms):
             rows = self.store.hashes(algorithm.name, self.plan.decode)
-            index = self._update_index(algorithm, rows)
+            index, _, _ = self._update_index(algorithm, rows)
             keys = index.keys()
             if not paths or any(k not in paths for k in keys):
                 paths.update((file_id, path) for file_id, path, _ in rows)
@@ -665,13 +693,40 @@ class Pipeline:
                     report.new_unreadable.append((path, result.error))
                     log.warning("unreadable: %s: %s", path, result.error)
 
-    def _cluster(self, report: RefreshReport) -> OutputTree:
+    def _cluster(
+        self, report: RefreshReport, states: dict[str, AlgorithmState]
+    ) -> tuple[OutputTree, dict[str, list[ThresholdPatch]] | None, dict[str, AlgorithmState]]:
+        """Update every algorithm's forest; then either the whole tree (no ``states``: the
+        first refresh, or the output cannot be patched) or, per algorithm, the patches from
+        ``states`` (what the output last received). Returns (tree, patches or None, the
+        states to keep once the output has them)."""
         tree: dict[str, list[ThresholdFolder]] = {}
+        patches: dict[str, list[ThresholdPatch]] = {}
+        incremental = bool(states) and all(a.name in states for a in self.algorithms)
+        pending: dict[str, AlgorithmState] = {}
         root = os.fspath(self.images)
+        rank = None
+        rank_paths: dict[int, str] | None = None
         for done, algorithm in enumerate(self.algorithms):
             rows = self.store.hashes(algorithm.name, self.plan.decode)
-            index = self._update_index(algorithm, rows)
+            index, added, changed = self._update_index(algorithm, rows)
             paths = {file_id: path for file_id, path, _ in rows}
+            if rank is None or paths != rank_paths:
+                rank, rank_paths = ranks_of(paths), paths
+            old = states.get(algorithm.name) if incremental else None
+            state = AlgorithmState.capture(algorithm.bits, index, paths, rank, old, added)
+            pending[algorithm.name] = state
+            if old is not None:
+                thresholds = list(algorithm.thresholds)
+                patches[algorithm.name], deltas = tree_patches(
+                    old, state, thresholds, root, changed
+                )
+                if deltas:
+                    report.clusters[algorithm.name] = deltas[len(deltas) // 2].clusters
+                self.progress("clustering", done + 1, len(self.algorithms))
+                if self.stop.is_set():
+                    break
+                continue
             links = {
                 file_id: Link(
                     name=_link_name(path, hash_hex(bits, algorithm.bits)),
@@ -694,12 +749,14 @@ class Pipeline:
             self.progress("clustering", done + 1, len(self.algorithms))
             if self.stop.is_set():
                 break
-        return tree
+        return tree, (patches if incremental else None), pending
 
     def _update_index(
         self, algorithm: Algorithm, rows: list[tuple[int, str, bytes]]
-    ) -> ClusterIndex:
-        """Bring this algorithm's forest up to date with the store: only what changed."""
+    ) -> tuple[ClusterIndex, list[int], list[int]]:
+        """Bring this algorithm's forest up to date with the store: only what changed.
+        Returns the index, the keys added (new or with a new hash) and those whose hash
+        changed."""
         limit = max(algorithm.thresholds, default=0)
         index = self._indexes.get(algorithm.name)
         indexed = self._indexed_bits.get(algorithm.name, {})
@@ -712,7 +769,8 @@ class Pipeline:
         if added or removed:
             index.update(added, removed)
         self._indexed_bits[algorithm.name] = wanted
-        return index
+        changed = [k for k in added if k in indexed]
+        return index, list(added), changed
 
     def _explorer_page(self) -> dict[str, bytes]:
         """The explorer page's files for the generation's root, from the forests just used."""

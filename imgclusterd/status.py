@@ -51,7 +51,8 @@ from .errors import StoreError
 from .lock import holder_pid
 from .store import STORE_NAME, Store
 
-__all__ = ["EXIT_CODES", "LOCK_NAME", "STALE_AFTER", "collect", "render"]
+__all__ = ["EXIT_CODES", "LOCK_NAME", "STALE_AFTER", "TREE_LINKS_CHEAP", "collect", "render",
+           "tree_warning"]  # fmt: skip
 
 LOCK_NAME = "daemon.lock"
 STALE_AFTER = 90.0  # seconds without a heartbeat; the daemon writes one at least every 10 s
@@ -112,6 +113,9 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                     f"other at low thresholds, e.g. {', '.join(flat)}"
                 )
             status["unreadable_examples"] = [{"path": p, "reason": r} for p, r in examples]
+            warning = tree_warning(config, counts["hashed"])
+            if warning and config.output_mode == "tree":
+                status["warnings"].append(warning)
             if last:
                 status["last_refresh"] = {
                     "finished": _iso(last["finished"]),
@@ -181,6 +185,29 @@ def _mount_state(config: Config) -> str | None:
         return mount_state(config.output)
     except OSError as exc:
         return f"unknown ({exc.strerror})"
+
+
+#: Links in the output layout (photos x threshold folders) above which a refresh cannot stay
+#: cheap: every threshold folder a new photo changes holds up to one link per photo, and a
+#: changed folder is a new directory (copied in idle time, deleted when it retires). Measured
+#: with benchmarks/bench_library.py; see README "Large libraries".
+TREE_LINKS_CHEAP = 10_000_000
+
+
+def tree_warning(config: Config, photos: int) -> str | None:
+    """A warning when the default-style layout of ``photos`` gets too big to refresh cheaply."""
+    algorithms = config.algorithm_set
+    folders = sum(len(a.thresholds) for a in algorithms)
+    links = photos * folders
+    if links <= TREE_LINKS_CHEAP:
+        return None
+    return (
+        f"the output tree holds ~{links / 1e6:.0f} M links ({photos:,} photos x {folders} "
+        f"threshold folders of {len(algorithms)} algorithms); above "
+        f"~{TREE_LINKS_CHEAP / 1e6:.0f} M a new photo costs seconds of copying per refresh "
+        "and the first write takes long: choose fewer algorithms or a larger threshold step "
+        "(README: Large libraries)"
+    )
 
 
 #: Below this much free space a store commit or an output write is about to fail.

@@ -31,16 +31,20 @@ from __future__ import annotations
 import logging
 
 from .area import area_path
+from .delta import FolderPatch, ThresholdPatch, TreeDelta
 from .hooks import WriteHooks, set_default_hooks
 from .names import Link, folder_links, link_name
 from .plan import OutputTree, ThresholdFolder
 from .writer import OutputWriter, WriteReport
 
 __all__ = [
+    "FolderPatch",
     "Link",
     "OutputTree",
     "OutputWriter",
     "ThresholdFolder",
+    "ThresholdPatch",
+    "TreeDelta",
     "WriteHooks",
     "WriteReport",
     "area_path",

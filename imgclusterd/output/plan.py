@@ -11,9 +11,12 @@ Objects form a Merkle DAG of three levels::
     level 1  threshold  ``001_5 -> ../<leaf digest>``, ``unclustered_3 -> ../<leaf digest>``
     level 2  leaf       a cluster or unclustered folder: ``<link name> -> /abs/image``
 
-An object's digest (:func:`object_digest`) is a hash of exactly its entries (names and symlink
-targets, or file contents), so equal folders are one object: the same cluster at consecutive
-thresholds, and everything that did not change since the last generation.
+An object's digest is a hash of exactly its entries (names and symlink targets, or file
+contents), so equal folders are one object: the same cluster at consecutive thresholds, and
+everything that did not change since the last generation. Algorithm and threshold objects use
+:func:`object_digest`; leaves use :func:`leaf_digest`, an additive set hash (the sum of one
+128-bit hash per entry, with the count), so that a leaf patched with a few links gets its new
+digest from its old one without reading the rest (see ``delta``).
 
 Each planned object carries its :data:`Role` (algorithm, slot, threshold): where it sat in the
 tree, so that a retired object of the same role can be recycled into it (see ``recycle``).
@@ -26,12 +29,14 @@ and ``Plan.generation_links`` names the algorithm objects as ``../../objects/<di
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .names import (
     Link,
@@ -45,12 +50,16 @@ from .names import (
 __all__ = [
     "DIGEST_LEN",
     "LeafMemo",
+    "LeafSum",
     "OutputTree",
     "Plan",
     "PlannedObject",
     "Role",
     "ThresholdFolder",
+    "ThresholdModel",
+    "add_links",
     "generation_digest",
+    "leaf_digest",
     "object_digest",
     "plan_tree",
     "split_extra_files",
@@ -81,21 +90,82 @@ Role = tuple[str, str, int]
 
 #: A leaf folder's links (as given) -> (digest, entries with unique names). Passing the last
 #: plan's memo to the next saves naming and hashing every unchanged folder again.
-LeafMemo = dict[tuple[Link, ...], tuple[str, dict[str, str]]]
+LeafMemo = dict[tuple[Link, ...], tuple["LeafSum", dict[str, str]]]
+
+
+_MASK = (1 << 128) - 1
+
+
+def _entry_hash(name: str, target: str) -> int:
+    data = os.fsencode(name) + b"\0" + os.fsencode(target)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+
+
+@dataclass(frozen=True)
+class LeafSum:
+    """A leaf's set hash: how many links, and the sum of their entry hashes mod 2**128."""
+
+    count: int
+    total: int
+    EMPTY: ClassVar[LeafSum]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        data = f"imgclusterd-leaf-1:{self.count}:{self.total:032x}".encode()
+        return hashlib.blake2b(data, digest_size=DIGEST_LEN // 2).hexdigest()
+
+
+LeafSum.EMPTY = LeafSum(0, 0)
+
+
+def add_links(leaf: LeafSum, links: Iterable[tuple[str, str]], sign: int = 1) -> LeafSum:
+    """``leaf`` with ``links`` added (``sign=1``) or taken away (``sign=-1``)."""
+    count, total = leaf.count, leaf.total
+    for name, target in links:
+        count += sign
+        total += sign * _entry_hash(name, target)
+    return LeafSum(count, total & _MASK)
+
+
+def leaf_digest(links: Mapping[str, str]) -> LeafSum:
+    """The set hash of a leaf holding exactly these symlinks (names already unique)."""
+    return add_links(LeafSum.EMPTY, links.items())
 
 
 @dataclass
 class PlannedObject:
-    """One directory of the DAG: its symlinks (and, for algorithm objects, files)."""
+    """One directory of the DAG: its symlinks (and, for algorithm objects, files).
+
+    A *patch* (``base`` set, leaves only): the object is leaf ``base`` without the entries
+    ``removed`` and with ``links`` added; ``size`` is its entry count. Planned from a delta
+    (see ``delta``), so its full entries are never listed in memory.
+    """
 
     links: dict[str, str]
     level: int  # 0 algorithm, 1 threshold, 2 leaf
     role: Role | None
     files: dict[str, bytes] = field(default_factory=dict)
+    base: str | None = None
+    removed: tuple[str, ...] = ()
+    size: int = 0
 
     @property
     def entry_count(self) -> int:
+        if self.base is not None:
+            return self.size
         return len(self.links) + len(self.files)
+
+
+@dataclass
+class ThresholdModel:
+    """One threshold folder as planned: cluster sizes and leaves in number order, the
+    unclustered leaf, the folder's digest. What a delta plan starts from (see ``delta``)."""
+
+    threshold: int
+    sizes: list[int]
+    leaves: list[LeafSum]
+    unclustered: LeafSum
+    digest: str
 
 
 @dataclass
@@ -106,6 +176,9 @@ class Plan:
     generation_links: dict[str, str]  # algorithm -> ../../objects/<digest>
     top_files: dict[str, bytes]  # files at the root of the generation directory
     leaf_memo: LeafMemo  # hand to the next plan_tree()
+    # per algorithm, each threshold folder as planned, and the algorithm's extra files
+    thresholds: dict[str, list[ThresholdModel]] = field(default_factory=dict)
+    algo_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -168,17 +241,18 @@ def plan_tree(
     new_memo: LeafMemo = {}
     old_memo: LeafMemo = memo or {}
     generation_links: dict[str, str] = {}
+    models: dict[str, list[ThresholdModel]] = {}
 
-    def leaf(links: Sequence[Link], role: Role) -> str:
+    def leaf(links: Sequence[Link], role: Role) -> LeafSum:
         key = tuple(links)
         found = new_memo.get(key) or old_memo.get(key)
         if found is None:
             entries = folder_links(key)
-            found = (object_digest(entries), entries)
+            found = (leaf_digest(entries), entries)
         new_memo[key] = found
         digest, entries = found
-        if digest not in objects:
-            objects[digest] = PlannedObject(entries, 2, role)
+        if digest.digest not in objects:
+            objects[digest.digest] = PlannedObject(entries, 2, role)
         return digest
 
     for algo in sorted(set(tree) | set(algo_files)):
@@ -193,13 +267,20 @@ def plan_tree(
                 progress(0, 0)
             t = folder.threshold
             entries: dict[str, str] = {}
+            leaves = []
             for i, cluster in enumerate(folder.clusters, 1):
-                digest = leaf(cluster, (algo, f"c{i}", t))
-                entries[cluster_name(i, len(cluster))] = "../" + digest
+                leaf_sum = leaf(cluster, (algo, f"c{i}", t))
+                leaves.append(leaf_sum)
+                entries[cluster_name(i, len(cluster))] = "../" + leaf_sum.digest
             unclustered = len(folder.unclustered)
-            digest = leaf(folder.unclustered, (algo, "u", t))
-            entries[unclustered_name(unclustered)] = "../" + digest
+            unclustered_sum = leaf(folder.unclustered, (algo, "u", t))
+            entries[unclustered_name(unclustered)] = "../" + unclustered_sum.digest
             digest = object_digest(entries)
+            models.setdefault(algo, []).append(
+                ThresholdModel(
+                    t, [len(c) for c in folder.clusters], leaves, unclustered_sum, digest
+                )
+            )
             objects.setdefault(digest, PlannedObject(entries, 1, (algo, "t", t)))
             if t in thresholds:
                 raise ValueError(f"{algo}: threshold {t} appears twice in the sweep")
@@ -212,4 +293,5 @@ def plan_tree(
         digest = object_digest(algo_links, files)
         objects.setdefault(digest, PlannedObject(algo_links, 0, None, files))
         generation_links[algo] = "../../objects/" + digest
-    return Plan(objects, generation_links, top_files, new_memo)
+        models.setdefault(algo, [])
+    return Plan(objects, generation_links, top_files, new_memo, models, algo_files)

@@ -22,19 +22,21 @@ rewritten per added photo otherwise).
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import logging
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from imgclusterd.errors import OutputError
 
 from .area import Area, remove_tree
 from .plan import DIGEST_LEN, PlannedObject, Role
 
-__all__ = ["POOL_RE", "Pool", "PoolIndex", "Pooled", "pool_entry_name"]
+__all__ = ["POOL_RE", "Pool", "PoolIndex", "Pooled", "copy_object", "pool_entry_name"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,36 @@ _RECYCLE_CANDIDATES = 3
 #: A leaf in the pool is found again by its first few member names (its identity, mostly).
 _IDENTITY_NAMES = 2
 POOL_RE = re.compile(rf"([0-9a-f]{{{DIGEST_LEN}}})~([a-z0-9]+)~(-?\d+)~(.+)\Z", re.S)
+
+
+def copy_object(source: Path, staging: Path, skip: set[str] | frozenset[str] = frozenset()) -> int:
+    """A new directory ``staging`` with the entries of object ``source`` (but ``skip``).
+
+    Each entry is a hard link to the source's entry (a symlink inode: the same one the link
+    store shares), so a copy costs one ``link()`` per entry and no new inode; a symlink is made
+    where a hard link is refused. Returns the entries made.
+    """
+    if os.path.lexists(staging):
+        remove_tree(staging)
+    staging.mkdir()
+    made = 0
+    src = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    dst = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in os.listdir(src):
+            if name in skip:
+                continue
+            try:
+                os.link(name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+            made += 1
+    finally:
+        os.close(src)
+        os.close(dst)
+    return made
 
 
 def pool_entry_name(digest: str, role: Role) -> str:
@@ -223,18 +255,17 @@ class Pool:
                         break
                     name = pool_entry_name(digest, role)
                     entries = self.contents.get(digest)
-                    if (
-                        entries is None
-                        or name in present
-                        or not (self.area.objects / digest).is_dir()
-                    ):
+                    if name in present or not (self.area.objects / digest).is_dir():
                         continue
                     staging = self.area.tmp / f"spare-{digest}"
-                    self.area.write_object_at(staging, entries, {}, shared=role[1] != "t")
+                    if entries is None:  # planned as a patch: copy it from its object
+                        links += copy_object(self.area.objects / digest, staging)
+                    else:
+                        self.area.write_object_at(staging, entries, {}, shared=role[1] != "t")
+                        links += len(entries)
                     os.rename(staging, self.area.pool / name)
                     self.area.stamp(self.area.pool / name, digest)
                     present.add(name)
-                    links += len(entries)
                     if progress is not None:
                         progress()
         except OutputError:

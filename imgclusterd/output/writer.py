@@ -12,16 +12,17 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgclusterd.errors import OutputError
 
 from .area import Area, area_path, remove_tree
-from .hooks import WriteHooks, default_hooks
-from .plan import LeafMemo, OutputTree, PlannedObject, plan_tree
-from .recycle import RECYCLE_MIN, Pool
+from .delta import TreeDelta, TreeModel, model_from_plan, plan_delta
+from .hooks import OBJECT_STAGED, WriteHooks, default_hooks
+from .plan import LeafMemo, OutputTree, Plan, PlannedObject, plan_tree
+from .recycle import RECYCLE_MIN, Pool, copy_object
 from .retention import collect
 
 __all__ = ["OutputWriter", "WriteReport"]
@@ -29,6 +30,10 @@ __all__ = ["OutputWriter", "WriteReport"]
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks during a write
+# Patches remembered (writes) and followed back (steps) to recycle a retired folder: a folder
+# retires once its generation is past keep_generations and generation_grace.
+_LINEAGE_WRITES = 32
+_LINEAGE_DEPTH = 32
 
 
 @dataclass
@@ -67,6 +72,9 @@ class OutputWriter:
     of :func:`~imgclusterd.output.hooks.set_default_hooks`, which does nothing.
     ``recycle_min``: objects with at least this many links are patched from the pool rather
     than written fresh (tests set 1 to exercise patching on small trees).
+    ``lean``: after a full write keep only the tree's model (a few numbers per folder, see
+    ``delta``), not the folders' entries: for a caller that continues with
+    :meth:`write_delta` (the pipeline); the next full write then plans from scratch.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class OutputWriter:
         *,
         hooks: WriteHooks | None = None,
         recycle_min: int = RECYCLE_MIN,
+        lean: bool = False,
     ) -> None:
         if keep_generations < 2:
             raise ValueError("keep_generations must be at least 2 (the current and the previous)")
@@ -93,6 +102,17 @@ class OutputWriter:
         # generation -> when this process swapped it in: the grace period of its predecessor
         # counts from there (its name was given before the flush, which may take seconds).
         self._swapped_at: dict[str, float] = {}
+        self.lean = lean
+        # The tree of generation _model_generation, for write_delta (None: plan in full).
+        self._model: TreeModel | None = None
+        self._model_generation: str | None = None
+        # Pool entries a delta write found and did not use: deleted in idle time (a leaf
+        # costs one unlink per entry: not something a refresh should wait for).
+        self._purge_later: set[str] = set()
+        # patch object -> (write number, base, names removed, links added): how to bring a
+        # retired ancestor of a folder forward to it (see _patch). Kept for a few writes.
+        self._lineage: dict[str, tuple[int, str, tuple[str, ...], Mapping[str, str]]] = {}
+        self._writes = 0
 
     # ------------------------------------------------------------------ public
 
@@ -148,8 +168,58 @@ class OutputWriter:
         """
         started = time.perf_counter()
         self.check()
+        self._model = None
         plan = plan_tree(tree, extra_files, self._leaf_memo, progress)
         self._leaf_memo = plan.leaf_memo
+        report = self._write_plan(plan, started, progress, purge_now=True)
+        self._model, self._model_generation = model_from_plan(plan), report.generation
+        if self.lean:
+            self._leaf_memo = {}
+            self._pool.contents = {}
+        return report
+
+    def can_patch(self) -> bool:
+        """Can :meth:`write_delta` patch the current generation (we wrote it, it is current)?"""
+        return (
+            self._model is not None
+            and self._model_generation is not None
+            and self.current_generation() == self._model_generation
+        )
+
+    def write_delta(
+        self,
+        delta: TreeDelta,
+        extra_files: Mapping[str, bytes] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> WriteReport:
+        """As :meth:`write`, for the tree of the current generation changed by ``delta``.
+
+        Only the changed folders are planned: leaves as patches of their base folder (a spare
+        copy of it from ``pool/`` when there is one, else a hard-link copy of it), threshold
+        and algorithm folders re-listed; unchanged folders are reused as they are. Raises
+        ValueError when :meth:`can_patch` is false or the delta does not fit the tree (then
+        write the whole tree with :meth:`write`).
+        """
+        started = time.perf_counter()
+        self.check()
+        if not self.can_patch() or self._model is None:
+            raise ValueError("no model of the current generation: write the whole tree")
+        plan, model = plan_delta(self._model, delta, extra_files)
+        self._model = None  # until the write is through: a failed one leaves an unknown state
+        self._writes += 1
+        oldest = self._writes - _LINEAGE_WRITES
+        self._lineage = {d: step for d, step in self._lineage.items() if step[0] > oldest}
+        report = self._write_plan(plan, started, progress, purge_now=False)
+        self._model, self._model_generation = model, report.generation
+        return report
+
+    def _write_plan(
+        self,
+        plan: Plan,
+        started: float,
+        progress: Callable[[int, int], None] | None,
+        purge_now: bool,
+    ) -> WriteReport:
         gen_digest = plan.digest
         area = self._area
         counts = _Counts()
@@ -186,8 +256,12 @@ class OutputWriter:
                     area.swap(name)
                     self._swapped_at[name] = self.clock()
                 gc_started = time.perf_counter()
+                unused = pool_before & set(os.listdir(area.pool))
+                if not purge_now:
+                    self._purge_later |= unused
+                    unused = set()
                 try:
-                    counts.deleted += self._collect(purge=pool_before)
+                    counts.deleted += self._collect(purge=unused)
                 except OSError as exc:  # the new generation is current: only tidying failed
                     log.warning("could not collect old output generations: %s", exc)
                 gc_seconds = time.perf_counter() - gc_started
@@ -228,7 +302,25 @@ class OutputWriter:
         only exist once old generations pass their grace period. A spare made in idle time
         is such a copy ahead of time, so the next refresh patches instead of rewriting.
         Stops, keeping the rest for later, as soon as ``should_stop()`` says work is waiting.
+        First deletes the pool entries the last delta writes did not use.
         """
+        if self._purge_later:
+            purge, self._purge_later = self._purge_later, set()
+            try:
+                with self._area.locked():
+                    for entry in sorted(purge):
+                        if should_stop():
+                            self._purge_later = purge
+                            return 0
+                        purge.discard(entry)
+                        self._pool.purge({entry})
+                        if progress is not None:
+                            progress()
+            except OutputError:
+                self._purge_later |= purge
+                return 0
+            except OSError as exc:
+                log.warning("could not delete unused spare output folders: %s", exc)
         return self._pool.prepare_spares(should_stop, progress)
 
     def cleanup(self) -> None:
@@ -287,6 +379,7 @@ class OutputWriter:
         area, pool = self._area, self._pool
         existing = set(os.listdir(area.objects))
         index = pool.index()
+        spares = {entry.split("~", 1)[0]: entry for entry in os.listdir(area.pool)}
         total = len(objects)
         reported = time.monotonic()
         # children were planned before their parents
@@ -294,7 +387,7 @@ class OutputWriter:
             if progress is not None and time.monotonic() - reported >= _PROGRESS_EVERY:
                 reported = time.monotonic()
                 progress(done, total)
-            if obj.level > 0:
+            if obj.level > 0 and obj.base is None:
                 pool.contents[digest] = obj.links
             if obj.level < 2:
                 area.children[digest] = [
@@ -306,6 +399,16 @@ class OutputWriter:
                     digest, obj.links, obj.files, shared=obj.level == 2
                 ):
                     counts.repaired += 1
+                continue
+            if obj.base is not None:
+                if obj.size >= pool.recycle_min and obj.role is not None:
+                    pool.spare_wanted.append((digest, obj.role))
+                added, removed = self._patch(digest, obj, spares, index.used)
+                self._lineage[digest] = (self._writes, obj.base, obj.removed, obj.links)
+                counts.written += 1
+                counts.recycled += 1
+                counts.links += added
+                counts.removed += removed
                 continue
             recyclable = pool.recyclable(obj)
             if recyclable and obj.role is not None:
@@ -320,3 +423,65 @@ class OutputWriter:
             area.write_object(digest, obj.links, obj.files, shared=obj.level == 2)
             counts.written += 1
             counts.links += len(obj.links)
+
+    def _patch(
+        self, digest: str, obj: PlannedObject, spares: dict[str, str], used: set[str]
+    ) -> tuple[int, int]:
+        """Build patch object ``digest``; (entries added, entries removed).
+
+        From, cheapest first: a spare copy of its base in ``pool/``; a retired ancestor of the
+        base in ``pool/`` (an object the base was patched from, a few writes ago, that no kept
+        generation reaches any more), brought forward through the recorded patches; else a
+        hard-link copy of the base.
+        """
+        assert obj.base is not None
+        area = self._area
+        staging = area.tmp / f"rec-{digest}"
+        if os.path.lexists(staging):
+            remove_tree(staging)
+        steps: list[tuple[tuple[str, ...], Mapping[str, str]]] = [(obj.removed, obj.links)]
+        source = obj.base
+        while source not in spares or spares[source] in used:
+            parent = self._lineage.get(source)
+            if parent is None or len(steps) > _LINEAGE_DEPTH:
+                source = ""
+                break
+            steps.append((parent[2], parent[3]))
+            source = parent[1]
+        place = area.placer(True)
+        if source:
+            entry = spares.pop(source)
+            used.add(entry)
+            os.rename(area.pool / entry, staging)
+            try:
+                return self._apply_steps(staging, reversed(steps), place, digest)
+            except (FileNotFoundError, FileExistsError) as exc:  # not what we recorded
+                log.warning("recycled output folder %s did not match (%s); copying", entry, exc)
+                remove_tree(staging)
+        # no spare, no ancestor: a copy that leaves out what goes (one link() per entry)
+        copy_object(area.objects / obj.base, staging, skip=set(obj.removed))
+        added, _ = self._apply_steps(staging, [((), obj.links)], place, digest)
+        return added, 0
+
+    def _apply_steps(
+        self,
+        staging: Path,
+        steps: Iterable[tuple[tuple[str, ...], Mapping[str, str]]],
+        place: Callable[[int, str, str], None],
+        digest: str,
+    ) -> tuple[int, int]:
+        added = removed = 0
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for gone, new in steps:
+                for name in gone:
+                    os.unlink(name, dir_fd=fd)
+                for name, target in new.items():
+                    place(fd, name, target)
+                added += len(new)
+                removed += len(gone)
+        finally:
+            os.close(fd)
+        self.hooks.at(OBJECT_STAGED)
+        self._area.publish(staging, digest)
+        return added, removed

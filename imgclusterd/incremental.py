@@ -1,0 +1,192 @@
+"""The pipeline's incremental path: from two sweeps of an algorithm to the output's patches.
+
+Wiring, not a stage: :class:`AlgorithmState` remembers what the last refresh handed to the
+output for one algorithm (the spanning forest, its vertices' keys and ranks, their hashes and
+paths); :func:`tree_patches` asks the cluster stage what changed since
+(:func:`imgclusterd.clusterdelta.sweep_delta`) and turns it into the output stage's folder
+patches (:class:`imgclusterd.output.ThresholdPatch`), naming only the links that changed.
+
+Link names. A folder's names are made unique by :func:`imgclusterd.output.folder_links`
+(``<stem>_<hash>_2<ext>`` for the second of two equal names). Two links with the same name
+have the same hash, hence distance 0, so they always share a folder: a photo's name is the same
+in every folder of an algorithm, and only the few hashes held by more than one photo
+(:attr:`AlgorithmState.duplicates`) need the numbering.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .algorithms import hash_hex
+from .cluster import ClusterIndex, Forest
+from .clusterdelta import ThresholdDelta, sweep_delta
+from .output import FolderPatch, Link, ThresholdPatch, folder_links, link_name
+
+__all__ = ["AlgorithmState", "link_for", "ranks_of", "tree_patches"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AlgorithmState:
+    """One algorithm as the output last saw it."""
+
+    bits: int
+    forest: Forest
+    keys: np.ndarray  # vertex -> file id
+    ranks: np.ndarray  # vertex -> rank (position of its path)
+    packed: np.ndarray  # vertex -> hash row
+    position: Mapping[int, int]  # file id -> vertex
+    paths: dict[int, str]  # file id -> relative path
+    # hash bytes held by two or more photos -> their file ids (usually empty)
+    duplicates: dict[bytes, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def capture(
+        cls,
+        bits: int,
+        index: ClusterIndex[int],
+        paths: dict[int, str],
+        rank: Callable[[np.ndarray], np.ndarray],
+        previous: AlgorithmState | None = None,
+        added: Iterable[int] = (),
+    ) -> AlgorithmState:
+        keys = np.asarray(index.keys(), dtype=np.int64)
+        packed = index.packed
+        state = cls(bits, index.forest, keys, rank(keys), packed, index.positions, paths)
+        if previous is None:
+            state.duplicates = _all_duplicates(keys, packed)
+        else:
+            state.duplicates = _update_duplicates(previous.duplicates, state, added)
+        return state
+
+    def hash_of(self, key: int) -> bytes:
+        return self.packed[self.position[key]].tobytes()
+
+    def link(self, key: int, root: str) -> Link:
+        """``key``'s link in whatever folder of this algorithm holds it."""
+        return link_for(key, self, root)
+
+
+def ranks_of(paths: dict[int, str]) -> Callable[[np.ndarray], np.ndarray]:
+    """keys -> their ranks: the position of each path in path order (the numbering's tie)."""
+    order = sorted(paths, key=paths.__getitem__)
+    rank = {key: i for i, key in enumerate(order)}
+    return lambda keys: np.fromiter((rank[int(k)] for k in keys), dtype=np.int64, count=len(keys))
+
+
+def _base_link(key: int, state: AlgorithmState, root: str) -> Link:
+    path = state.paths[key]
+    stem, ext = os.path.splitext(os.path.basename(path))
+    hexhash = hash_hex(state.hash_of(key), state.bits)
+    return Link(link_name(stem, hexhash, ext), os.path.join(root, path))
+
+
+def link_for(key: int, state: AlgorithmState, root: str) -> Link:
+    """The link of ``key``, with the folder's unique-name numbering applied."""
+    link = _base_link(key, state, root)
+    group = state.duplicates.get(state.hash_of(key))
+    if not group:
+        return link
+    links = [_base_link(other, state, root) for other in group]
+    same = [other for other in links if other.name == link.name]
+    if len(same) < 2:
+        return link
+    for name, target in folder_links(same).items():
+        if target == link.target:
+            return Link(name, target)
+    return link  # not reached: folder_links keeps every target
+
+
+def _all_duplicates(keys: np.ndarray, packed: np.ndarray) -> dict[bytes, list[int]]:
+    if len(keys) < 2:
+        return {}
+    rows = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
+    found: dict[bytes, list[int]] = {}
+    for vertex in np.flatnonzero(counts[inverse] >= 2).tolist():
+        found.setdefault(packed[vertex].tobytes(), []).append(int(keys[vertex]))
+    return found
+
+
+def _update_duplicates(
+    old: dict[bytes, list[int]], state: AlgorithmState, added: Iterable[int]
+) -> dict[bytes, list[int]]:
+    """The duplicate groups after a refresh: drop vanished keys, look up each added hash."""
+    found: dict[bytes, list[int]] = {}
+    for value, group in old.items():
+        alive = [k for k in group if k in state.position and state.hash_of(k) == value]
+        if len(alive) >= 2:
+            found[value] = alive
+    for key in added:
+        row = state.packed[state.position[key]]
+        same = np.flatnonzero((state.packed == row).all(axis=1))
+        if len(same) >= 2:
+            found[row.tobytes()] = sorted(int(k) for k in state.keys[same])
+    return found
+
+
+def _group_keys(state: AlgorithmState, keys: Iterable[int]) -> set[int]:
+    """Every key sharing a duplicate group with one of ``keys``."""
+    out: set[int] = set()
+    for key in keys:
+        if key in state.position:
+            out.update(state.duplicates.get(state.hash_of(key), ()))
+    return out
+
+
+def tree_patches(
+    old: AlgorithmState,
+    new: AlgorithmState,
+    thresholds: Sequence[int],
+    root: str,
+    changed: Iterable[int] = (),
+) -> tuple[list[ThresholdPatch], list[ThresholdDelta]]:
+    """The output patches for one algorithm, and the cluster deltas they come from.
+
+    ``changed``: keys whose hash changed (removed and added back with other bits).
+    """
+    moved = {k for k, path in new.paths.items() if k in old.position and old.paths.get(k) != path}
+    moved &= set(new.position)
+    touched = set(changed) | moved
+    # Keys whose group of equal names changed: their numbering may change with it.
+    old_keys, new_keys = set(old.position), set(new.position)
+    hot = (old_keys ^ new_keys) | touched
+    touched |= (_group_keys(old, hot) | _group_keys(new, hot)) & old_keys & new_keys
+    deltas = sweep_delta(
+        old.forest, old.keys, old.ranks, new.forest, new.keys, new.ranks, thresholds,
+        touched=np.fromiter(sorted(touched), dtype=np.int64, count=len(touched)),
+    )  # fmt: skip
+    patches = []
+    for delta in deltas:
+        if delta.unchanged:
+            continue
+        folders = [
+            FolderPatch(
+                number=c.number,
+                size=c.size,
+                base=c.base or None,
+                added=[link_for(int(k), new, root) for k in c.added],
+                removed=[link_for(int(k), old, root) for k in c.removed],
+            )
+            for c in delta.changed
+        ]
+        if len(delta.unclustered_added) or len(delta.unclustered_removed):
+            folders.append(
+                FolderPatch(
+                    number=0,
+                    size=delta.unclustered,
+                    base=0,
+                    added=[link_for(int(k), new, root) for k in delta.unclustered_added],
+                    removed=[link_for(int(k), old, root) for k in delta.unclustered_removed],
+                )
+            )
+        patches.append(
+            ThresholdPatch(delta.threshold, delta.clusters, [n for n, _ in delta.gone], folders)
+        )
+    return patches, deltas

@@ -1,0 +1,214 @@
+"""Planning from a cluster delta, pure: only the folders that changed are named and hashed.
+
+After a full write (:func:`~imgclusterd.output.plan.plan_tree`), the writer keeps a
+:class:`TreeModel`: per algorithm and threshold, the clusters' sizes and leaf digests in number
+order, the unclustered folder's, and the threshold object's digest -- a few numbers per cluster,
+never a folder's entries. A refresh then describes what changed as a :data:`TreeDelta` (per
+algorithm, only the thresholds that changed: the clusters gone, and each new or changed folder
+as a :class:`FolderPatch` of its base folder), and :func:`plan_delta` plans from that alone:
+
+- a changed leaf is a *patch*: its base folder's digest plus the links added and removed. Its
+  digest comes from the base's (leaf digests are additive set hashes, see
+  :func:`~imgclusterd.output.plan.leaf_digest`), so nothing of the unchanged part is read,
+  named, validated or hashed;
+- a threshold folder whose clusters changed is re-listed from the model (its entries are
+  ``<CCC>_<size> -> ../<leaf>``: one per cluster, renumbered ones included);
+- the algorithm folders are re-listed (one entry per threshold), the generation is new.
+
+Unchanged thresholds are not touched at all: their digests are reused as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .names import Link, check_name, cluster_name, threshold_name, unclustered_name
+from .plan import (
+    LeafSum,
+    Plan,
+    PlannedObject,
+    ThresholdModel,
+    add_links,
+    object_digest,
+    split_extra_files,
+)
+
+__all__ = [
+    "FolderPatch",
+    "ThresholdPatch",
+    "TreeDelta",
+    "TreeModel",
+    "model_from_plan",
+    "plan_delta",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FolderPatch:
+    """A new or changed leaf folder at one threshold.
+
+    ``number``: its cluster number (from 1), or 0 for the unclustered folder. ``base``: the old
+    cluster number it is patched from, 0 for the old unclustered folder, None to write it from
+    ``added`` alone. ``removed`` are links of the base (name and target as they were).
+    """
+
+    number: int
+    size: int
+    base: int | None
+    added: Sequence[Link]
+    removed: Sequence[Link]
+
+
+@dataclass(frozen=True)
+class ThresholdPatch:
+    """What changed at one threshold: old cluster numbers that are gone (bases of patches
+    included) and the new or changed folders. Every other cluster keeps its folder, in the
+    same order (so its number shifts by the gone and new ones before it)."""
+
+    threshold: int
+    clusters: int  # clusters after the change
+    gone: Sequence[int]
+    patches: Sequence[FolderPatch]
+
+
+#: algorithm -> the thresholds that changed (any order).
+TreeDelta = Mapping[str, Sequence[ThresholdPatch]]
+
+
+@dataclass
+class TreeModel:
+    """The last written tree, by algorithm: thresholds in sweep order, algorithm files."""
+
+    algorithms: dict[str, list[ThresholdModel]] = field(default_factory=dict)
+    algo_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+
+
+def _threshold_entries(model: ThresholdModel) -> dict[str, str]:
+    entries = {
+        cluster_name(i, size): "../" + leaf.digest
+        for i, (size, leaf) in enumerate(zip(model.sizes, model.leaves, strict=True), 1)
+    }
+    entries[unclustered_name(model.unclustered.count)] = "../" + model.unclustered.digest
+    return entries
+
+
+def _algo_entries(thresholds: Sequence[ThresholdModel]) -> dict[str, str]:
+    return {
+        threshold_name(m.threshold, m.unclustered.count): "../" + m.digest for m in thresholds
+    }
+
+
+def plan_delta(
+    model: TreeModel, delta: TreeDelta, extra_files: Mapping[str, bytes] | None = None
+) -> tuple[Plan, TreeModel]:
+    """The objects a delta needs (patches for leaves) and the model after it. Pure.
+
+    Raises ValueError when the delta does not fit the model (a number out of range, sizes
+    that do not add up): the caller then plans the whole tree instead.
+    """
+    top_files, algo_files = split_extra_files(extra_files or {})
+    if set(algo_files) - set(model.algorithms):
+        raise ValueError("extra files for an algorithm the model does not know")
+    objects: dict[str, PlannedObject] = {}
+    new_model = TreeModel(dict(model.algorithms), {})
+    generation_links: dict[str, str] = {}
+    for algo in sorted(model.algorithms):
+        thresholds = model.algorithms[algo]
+        changes = {p.threshold: p for p in delta.get(algo, ())}
+        position = {m.threshold: i for i, m in enumerate(thresholds)}
+        if set(changes) - set(position):
+            raise ValueError(f"{algo}: delta for a threshold the model does not have")
+        updated = list(thresholds)
+        for t, patch in sorted(changes.items()):
+            updated[position[t]] = _apply(algo, thresholds[position[t]], patch, objects)
+        files = algo_files.get(algo, {})
+        new_model.algorithms[algo] = updated
+        new_model.algo_files[algo] = files
+        if updated == thresholds and files == model.algo_files.get(algo, {}):
+            algo_digest = None  # unchanged: keep the digest the generation names
+        else:
+            entries = _algo_entries(updated)
+            for name in files:
+                if name in entries:
+                    raise ValueError(f"extra file {algo}/{name} has the name of a threshold folder")
+            algo_digest = object_digest(entries, files)
+            objects.setdefault(algo_digest, PlannedObject(entries, 0, None, dict(files)))
+        if algo_digest is None:
+            algo_digest = object_digest(_algo_entries(updated), files)
+        generation_links[algo] = "../../objects/" + algo_digest
+    for name in top_files:
+        if name in generation_links:
+            raise ValueError(f"extra file {name!r} has the name of an algorithm folder")
+    return Plan(objects, generation_links, top_files, {}), new_model
+
+
+def _apply(
+    algo: str, old: ThresholdModel, patch: ThresholdPatch, objects: dict[str, PlannedObject]
+) -> ThresholdModel:
+    t = old.threshold
+    count = len(old.sizes)
+    gone = sorted(set(patch.gone))
+    if gone and (gone[0] < 1 or gone[-1] > count):
+        raise ValueError(f"{algo} t={t}: gone cluster out of range")
+    keep = set(range(1, count + 1)) - set(gone)
+    sizes = [old.sizes[i - 1] for i in sorted(keep)]
+    leaves = [old.leaves[i - 1] for i in sorted(keep)]
+    unclustered = old.unclustered
+    new_clusters: list[tuple[int, int, LeafSum]] = []
+    for folder in patch.patches:
+        if folder.base is None:
+            base = LeafSum.EMPTY
+        elif folder.base == 0:
+            base = old.unclustered
+        elif 1 <= folder.base <= count and folder.base in gone:
+            base = old.leaves[folder.base - 1]
+        else:
+            raise ValueError(f"{algo} t={t}: base {folder.base} is not a gone cluster")
+        for link in folder.added:
+            check_name(link.name, "link name")
+            if not link.target.startswith("/") or "\0" in link.target:
+                raise ValueError(f"link target {link.target!r} is not an absolute path")
+        leaf = add_links(add_links(base, folder.removed, -1), folder.added, +1)
+        if leaf.count != folder.size:
+            raise ValueError(
+                f"{algo} t={t}: folder {folder.number} has {leaf.count} links, not {folder.size}"
+            )
+        slot = "u" if folder.number == 0 else f"c{folder.number}"
+        if leaf.digest not in objects:
+            objects[leaf.digest] = PlannedObject(
+                {link.name: link.target for link in folder.added},
+                2,
+                (algo, slot, t),
+                base=None if folder.base is None else base.digest,
+                removed=tuple(link.name for link in folder.removed),
+                size=leaf.count,
+            )
+        if folder.number == 0:
+            unclustered = leaf
+        else:
+            new_clusters.append((folder.number, folder.size, leaf))
+    for number, size, leaf in sorted(new_clusters, key=lambda item: item[0]):
+        if not 1 <= number <= len(sizes) + 1:
+            raise ValueError(f"{algo} t={t}: cluster number {number} out of range")
+        sizes.insert(number - 1, size)
+        leaves.insert(number - 1, leaf)
+    if len(sizes) != patch.clusters:
+        raise ValueError(f"{algo} t={t}: {len(sizes)} clusters planned, {patch.clusters} expected")
+    model = ThresholdModel(t, sizes, leaves, unclustered, "")
+    entries = _threshold_entries(model)
+    model.digest = object_digest(entries)
+    objects.setdefault(model.digest, PlannedObject(entries, 1, (algo, "t", t)))
+    return model
+
+
+def model_from_plan(plan: Plan) -> TreeModel:
+    """The model of a tree just planned by :func:`~imgclusterd.output.plan.plan_tree`."""
+    return TreeModel(
+        {algo: list(models) for algo, models in plan.thresholds.items()},
+        {algo: dict(files) for algo, files in plan.algo_files.items()},
+    )
+
