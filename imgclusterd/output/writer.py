@@ -52,6 +52,7 @@ class WriteReport:
     gc_seconds: float = 0.0
     swapped: bool = True  # False when the tree equalled the current generation
     objects_repaired: int = 0  # of objects_reused: found damaged and repaired in place
+    planned: str = "tree"  # "delta": only the changed folders were planned (write_delta)
 
 
 @dataclass
@@ -211,6 +212,7 @@ class OutputWriter:
         self._lineage = {d: step for d, step in self._lineage.items() if step[0] > oldest}
         report = self._write_plan(plan, started, progress, purge_now=False)
         self._model, self._model_generation = model, report.generation
+        report.planned = "delta"
         return report
 
     def _write_plan(

@@ -1,0 +1,103 @@
+"""Refreshes after the first patch the output from the cluster delta; the tree they leave must
+be exactly a clean scan's, whatever changed (added, deleted, renamed, copied under the same
+name, rewritten with other content, several at once), whichever way the changed folders were
+built (spare, retired ancestor, copy)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from imgclusterd.config import load_config
+from imgclusterd.pipeline import Pipeline
+
+from .conftest import Workspace
+from .test_bad_input import encode, put, smooth, write_config
+
+
+def tree(output: Path) -> dict[tuple[str, ...], list[tuple[str, str]]]:
+    """Every folder of the current generation and its links (name, target)."""
+    root = os.path.realpath(output)
+    found = {}
+    for algo in sorted(os.listdir(root)):
+        if not os.path.isdir(os.path.join(root, algo)):
+            continue  # the explorer page's files
+        for thr in sorted(os.listdir(os.path.join(root, algo))):
+            for leaf in sorted(os.listdir(os.path.join(root, algo, thr))):
+                folder = os.path.join(root, algo, thr, leaf)
+                found[(algo, thr, leaf)] = sorted(
+                    (name, os.readlink(os.path.join(folder, name))) for name in os.listdir(folder)
+                )
+    return found
+
+
+def clean_scan(ws: Workspace, name: str) -> dict[tuple[str, ...], list[tuple[str, str]]]:
+    root = ws.root / name
+    root.mkdir()
+    config = write_config(root / "cfg.toml", ws.images, root / "output", root / "state")
+    with Pipeline(load_config(config).config) as pipeline:
+        pipeline.refresh()
+    return tree(root / "output")
+
+
+def photo(folder: Path, name: str, seed: int) -> Path:
+    return put(folder, name, encode(smooth(seed), "JPEG", quality=90), mtime=None)
+
+
+def test_patched_refreshes_equal_a_clean_scan(workspace: Workspace) -> None:
+    ws = workspace
+    # grace 0: generations retire at once, so later refreshes recycle retired ancestors
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output, ws.state,
+                                      generation_grace=0.0)).config  # fmt: skip
+    steps = [
+        lambda: photo(ws.images / "new", "a.jpg", 1),
+        lambda: photo(ws.images / "new", "b.jpg", 2),
+        # an exact copy under the same name elsewhere: the folder numbers the names (_2)
+        lambda: shutil.copy(ws.images / "new" / "a.jpg", ws.images / "copies" / "a.jpg"),
+        lambda: (ws.images / "new" / "b.jpg").unlink(),
+        lambda: os.rename(ws.images / "new" / "a.jpg", ws.images / "new" / "z-renamed.jpg"),
+        # same path, other content: its hashes change
+        lambda: photo(ws.images / "copies", "a.jpg", 3),
+        lambda: [photo(ws.images / "burst", f"{n}.jpg", 10 + n) for n in range(5)],
+        lambda: shutil.rmtree(ws.images / "burst"),
+    ]
+    (ws.images / "copies").mkdir()
+    with Pipeline(config) as pipeline:
+        first = pipeline.refresh()
+        assert first.output is not None and first.output.planned == "tree"
+        for number, step in enumerate(steps):
+            step()
+            if number % 3 == 1:  # sometimes the idle-time spares exist, sometimes not
+                pipeline.writer.prepare_spares(lambda: False)
+            report = pipeline.refresh()
+            assert report.output is not None
+            assert report.output.planned == "delta", f"step {number} planned the whole tree"
+            # unchanged folders are neither planned nor counted: far fewer than the tree's
+            assert report.output.objects_written < first.output.objects_written / 2
+            if number == 3:
+                assert tree(ws.output) == clean_scan(ws, "clean-mid")
+        patched = tree(ws.output)
+    ws.snapshot()
+    assert patched == clean_scan(ws, "clean-end")
+
+
+def test_a_new_process_plans_the_whole_tree_then_patches(workspace: Workspace) -> None:
+    """The model of the tree lives in the process that wrote it: a new one (a restart) plans
+    the whole tree once, then patches again."""
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output,
+                                      ws.state)).config  # fmt: skip
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()
+    photo(ws.images, "later.jpg", 7)
+    with Pipeline(config) as pipeline:
+        assert not pipeline.writer.can_patch()
+        report = pipeline.refresh()
+        assert report.output is not None and report.output.planned == "tree"
+        photo(ws.images, "later2.jpg", 8)
+        report = pipeline.refresh()
+        assert report.output is not None and report.output.planned == "delta"
+        patched = tree(ws.output)
+    ws.snapshot()
+    assert patched == clean_scan(ws, "clean")
