@@ -185,16 +185,16 @@ def change(daemon: Daemon, action: Any, visible: Any, debounce: float) -> dict[s
     before = os.readlink(output)
     action()
     started = time.monotonic()
+    swapped = None
     while True:
         now = os.readlink(output)
-        if now != before:
-            swapped = time.monotonic()
-            if visible():
-                break
-            before = now  # a refresh that does not show it yet (e.g. half a burst)
+        if now != before:  # a new generation: does it show the change yet?
+            swapped, before = time.monotonic(), now
+        if swapped is not None and visible():
+            break
         if time.monotonic() - started > 1800:
             raise TimeoutError("not visible within 1800 s")
-        time.sleep(0.005)
+        time.sleep(0.005 if swapped is None else 0.2)
     daemon.wait(lambda: len(daemon.refresh_lines()) > lines_before, 120, step=0.05)
     lines = daemon.refresh_lines()[lines_before:]
     parts: dict[str, float] = {}

@@ -711,7 +711,9 @@ class Pipeline:
             rows = self.store.hashes(algorithm.name, self.plan.decode)
             index, added, changed = self._update_index(algorithm, rows)
             paths = {file_id: path for file_id, path, _ in rows}
-            if rank is None or paths != rank_paths:
+            if rank is not None and paths == rank_paths:
+                paths = rank_paths  # one dict for every algorithm (100,000 paths: ~20 MB each)
+            else:
                 rank, rank_paths = ranks_of(paths), paths
             old = states.get(algorithm.name) if incremental else None
             state = AlgorithmState.capture(algorithm.bits, index, paths, rank, old, added)

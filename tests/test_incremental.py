@@ -101,3 +101,15 @@ def test_a_new_process_plans_the_whole_tree_then_patches(workspace: Workspace) -
         patched = tree(ws.output)
     ws.snapshot()
     assert patched == clean_scan(ws, "clean")
+
+
+def test_status_warns_when_the_tree_is_too_big_to_refresh_cheaply(tmp_path: Path) -> None:
+    from imgclusterd.status import TREE_LINKS_CHEAP, tree_warning
+
+    config = load_config(write_config(tmp_path / "cfg.toml", tmp_path / "images",
+                                      tmp_path / "output", tmp_path / "state")).config  # fmt: skip
+    folders = sum(len(a.thresholds) for a in config.algorithm_set)
+    assert tree_warning(config, TREE_LINKS_CHEAP // folders) is None
+    warning = tree_warning(config, 10 * TREE_LINKS_CHEAP // folders)
+    assert warning is not None
+    assert f"{10 * TREE_LINKS_CHEAP // folders:,} photos x {folders} threshold folders" in warning
