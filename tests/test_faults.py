@@ -655,6 +655,8 @@ problems, rounds = [], 0
 def check_generation():
     os.chdir(output)               # pins the current generation, as `cd OUTPUT` does
     for algo in os.listdir("."):
+        if not os.path.isdir(algo):
+            continue               # the explorer page's files beside the algorithm folders
         totals = set()
         for thr in os.listdir(algo):
             unclustered = int(re.fullmatch(r"thr_\d{3}_unclustered_(\d+)", thr)[1])
