@@ -112,7 +112,7 @@ def measure_listings(view: Path) -> list[dict[str, Any]]:
     largest_unclustered: tuple[int, Path] = (-1, view)
     largest_cluster: tuple[int, Path] = (-1, view)
     most_clusters: tuple[int, Path] = (-1, view)
-    for algo in sorted(os.listdir(view)):
+    for algo in sorted(e.name for e in os.scandir(view) if e.is_dir()):
         cold, count = timed_listdir(view / algo)
         results.append({"folder": algo, "entries": count, "cold": cold,
                         "warm": timed_listdir(view / algo)[0]})
@@ -180,7 +180,10 @@ def bench_daemon(args: argparse.Namespace) -> None:
         f'images = "{root / "images"}"\noutput = "{root / "view"}"\n'
         f'state_dir = "{root / "state"}"\noutput_mode = "mount"\n'
         f'debounce = {args.debounce}\nmax_delay = 30\nwatcher = "auto"\n'
-        f"poll_interval = 1.0\nworkers = 1\n"
+        f"poll_interval = {args.poll_interval}\nworkers = 1\n"
+        + "".join(f'[[algorithms]]\nname = "{a.name}"\nmax_threshold = {a.max_threshold}\n'
+                  f"step = {a.step}\n" for a in DEFAULT_ALGORITHMS
+                  if not args.algorithms or a.name in args.algorithms)
     )
     daemon = Daemon(root, config)
     try:
@@ -257,6 +260,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep an existing library")
     parser.add_argument("--debounce", type=float, default=0.5)
     parser.add_argument("--repeat", type=int, default=3, help="+1 drops")
+    parser.add_argument("--poll-interval", type=float, default=1.0,
+                        help="where inotify watches are exhausted the daemon polls the whole "
+                        "folder this often, which competes with the FUSE server for the GIL")
+    parser.add_argument("--algorithms", nargs="*", default=[],
+                        help="serve only these (the store has all 14): the daemon's start-up "
+                        "builds one forest per algorithm, O(N^2) each")
     parser.add_argument("--cluster-n", type=int, nargs="*", default=[])
     parser.add_argument("--cluster-only", action="store_true")
     args = parser.parse_args()

@@ -390,6 +390,8 @@ class Pipeline:
             sweeps.append((algorithm.name, algorithm.thresholds, algorithm.bits, index.forest,
                            keys, index.packed))
             self.progress("clustering", done + 1, len(self.algorithms))
+            if self.stop.is_set():  # stopping: the caller drops this partial snapshot
+                break
         previous = self._served[1] if self._served is not None else None
         snapshot = Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
                                   label=label)
