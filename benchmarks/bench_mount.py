@@ -148,8 +148,11 @@ def drop_one(daemon: Daemon, root: Path, debounce: float) -> dict[str, float]:
     view = daemon.config.output
     lines_before = len(daemon.refresh_lines())
     before = {f for f in os.listdir(view / "phash_8") if f.startswith("thr_000_")}
-    image = Image.fromarray(np.random.default_rng(99).integers(0, 256, (48, 64, 3), np.uint8))
-    target = root / "images" / "new" / "dropped.jpg"
+    drop = len(list((root / "images" / "new").glob("*.jpg"))) if (root / "images" / "new"
+                                                                   ).is_dir() else 0
+    rng = np.random.default_rng(99 + drop)  # a new photo each time, not the same one again
+    image = Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8))
+    target = root / "images" / "new" / f"dropped{drop}.jpg"
     target.parent.mkdir(exist_ok=True)
     image.resize((320, 240)).save(target, quality=90)
     closed = time.monotonic()
