@@ -159,9 +159,14 @@ def test_move_within_the_tree_reports_both_paths(
 ) -> None:
     _, recorder = watching
     (root / "sub").mkdir()
+    # watchdog adds the watch on a new folder from its own thread: a file moved into it before
+    # that happens arrives as a delete only (the daemon's dirty-folder walk of "sub" still
+    # finds it). Wait until "sub" reports events, so this test is about the move itself.
+    probe = root / "sub" / "probe.jpg"
+    probe.write_bytes(b"x")
     old = root / "old.jpg"
     old.write_bytes(b"x")
-    recorder.wait_paths(old)
+    recorder.wait_paths(probe, old)
     recorder.clear()
     new = root / "sub" / "new.jpg"
     old.rename(new)
