@@ -314,6 +314,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
             if not report.interrupted:
                 # Photos hashed before thumbnails existed (new ones got theirs while hashed).
                 report.thumbnails_made, _ = pipeline.make_thumbnails()
+                if report.thumbnails_made and config.explorer:
+                    # The page just written lacks them: write it again (the tree is reused).
+                    report.generation = pipeline.refresh().generation
     finally:
         lock.release()
     if printer:

@@ -470,6 +470,8 @@ class Daemon:
             self._set_phase("idle", message=message)
         if made:
             log.info("made %d thumbnails in idle time (%d still missing)", made, left)
+            if not left and self.config.explorer:
+                self.debouncer.request_rescan("new thumbnails for the explorer page")
 
     def _retry_later(self, message: str, batch: Batch) -> None:
         """Keep ``batch`` for the retry, RETRY_AFTER from now, doubling while it fails."""

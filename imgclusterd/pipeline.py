@@ -23,7 +23,7 @@ from .algorithms import Algorithm, hash_hex
 from .cluster import ClusterIndex
 from .config import Config
 from .errors import ConfigError, ImagesFolderError, StoreError
-from .explorer import ExplorerAlgorithm, ExplorerPhoto, page_files
+from .explorer import PAGE_VERSION, ExplorerAlgorithm, ExplorerPhoto, page_files
 from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
 from .incremental import AlgorithmState, ranks_of, tree_patches
@@ -447,6 +447,10 @@ class Pipeline:
             self._thumbnails_done_at = revision
         if made:
             log.info("made %d thumbnails of photos hashed before (%d left)", made, len(todo) - done)
+            # The explorer page written before shows placeholders for them: part of the output
+            # fingerprint, so the next refresh writes the page again.
+            total = int(self.store.get_state("thumbnails_made") or 0) + made
+            self.store.set_state("thumbnails_made", total)
         return made, len(todo) - done
 
     # -- stages -----------------------------------------------------------------------------
@@ -811,6 +815,8 @@ class Pipeline:
         parts = [self.plan.decode, os.fspath(self.images), os.fspath(self.config.output)]
         parts.append(f"revision:{self.store.revision()}")
         parts += [f"{a.name}:{a.max_threshold}:{a.step}" for a in self.algorithms]
+        if self.config.explorer:  # a new page version or new thumbnails: write the page again
+            parts.append(f"explorer:{PAGE_VERSION}:{self.store.get_state('thumbnails_made') or 0}")
         return "|".join(parts)
 
 

@@ -493,3 +493,33 @@ def test_data_file_grows_linearly_under_100_bytes_per_photo_per_algorithm() -> N
     small, large = size(1000), size(4000)
     assert large / (4000 * len(DEFAULT_ALGORITHMS)) < 100
     assert 3.6 < large / small < 4.4
+
+
+def _page_data(output: Path) -> dict[str, Any]:
+    import json
+
+    text = (output / DATA_FILE).read_text().split("JSON.parse('", 1)[1].rsplit("');", 1)[0]
+    return json.loads(text.replace("\\'", "'").replace("\\\\", "\\"))
+
+
+def test_page_appears_and_catches_up_with_thumbnails_without_photo_changes(
+        tmp_path: Path, sample_source: Path) -> None:
+    """An output written without the page (explorer = false, or before the page existed) gets
+    it on the next scan although no photo changed; thumbnails made by the background pass for
+    photos hashed before are in the page the same scan writes."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("scene01.jpg", "scene01_bright.jpg"):
+        shutil.copy(sample_source / name, images / name)
+    config = tmp_path / "config.toml"
+    config.write_text("explorer = false\nthumbnails = false\n")
+    scan(tmp_path, images, "--config", str(config))
+    assert not (tmp_path / "output" / "index.html").exists()
+    config.write_text("thumbnails = false\n")
+    scan(tmp_path, images, "--config", str(config))
+    assert (tmp_path / "output" / "index.html").is_file()
+    assert "thumbs" not in _page_data(tmp_path / "output")
+    config.write_text("")  # thumbnails on: made by the background pass (already hashed)
+    scan(tmp_path, images, "--config", str(config))
+    thumbs = _page_data(tmp_path / "output")["thumbs"]
+    assert len(thumbs) == 2 and all(thumbs)

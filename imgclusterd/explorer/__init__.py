@@ -25,6 +25,7 @@ bytes in a file name are shown as U+FFFD; links use the exact bytes, percent-enc
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import numpy as np
 __all__ = [
     "DATA_FILE",
     "PAGE_FILES",
+    "PAGE_VERSION",
     "EdgeList",
     "ExplorerAlgorithm",
     "ExplorerPhoto",
@@ -93,6 +95,13 @@ class ExplorerAlgorithm:
     thresholds: Sequence[int]
     forest: EdgeList
     vertices: Sequence[int]
+
+
+def _page_version() -> str:
+    digest = hashlib.sha256()
+    for name in PAGE_FILES:
+        digest.update(_static(name))
+    return digest.hexdigest()[:12]
 
 
 def page_files(
@@ -220,3 +229,7 @@ def _common_folder(paths: list[str]) -> str | None:
     # paths decide it: O(N) comparisons instead of splitting all 20,000 paths.
     lo, hi = min(paths), max(paths)
     return os.path.dirname(lo) if lo == hi else os.path.commonpath([lo, hi])
+
+
+#: Changes with the page's own files: an output written by an older page is rewritten.
+PAGE_VERSION = _page_version()
