@@ -787,6 +787,7 @@ class Pipeline:
         ids = sorted({k for vertex_keys in keys.values() for k in vertex_keys})
         position = {file_id: i for i, file_id in enumerate(ids)}
         thumbs = self.config.store_dir / THUMBNAIL_FOLDER if self.config.thumbnails else None
+        flat = set(self.store.flat_images())
         photos = []
         for file_id in ids:
             record = records[file_id]
@@ -796,6 +797,7 @@ class Pipeline:
                     path=record.path,
                     target=os.path.join(self.images, record.path),
                     thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
+                    flat=record.path in flat,
                 )
             )
         algorithms = [

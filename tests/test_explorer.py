@@ -523,3 +523,20 @@ def test_page_appears_and_catches_up_with_thumbnails_without_photo_changes(
     scan(tmp_path, images, "--config", str(config))
     thumbs = _page_data(tmp_path / "output")["thumbs"]
     assert len(thumbs) == 2 and all(thumbs)
+
+
+def test_flat_images_are_flagged(tmp_path: Path, browser: Browser) -> None:
+    """Near-constant images (the store's flat flag) carry a mark and say so on hover: they
+    match each other whatever they show."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (320, 240), (250, 250, 250)).save(images / "blank_a.png")
+    Image.new("RGB", (320, 240), (20, 20, 20)).save(images / "blank_b.png")
+    index = scan(tmp_path, images)
+    browser.open(index, "phash_8", 0)
+    browser.clusters()
+    thumbs = browser.page.locator(".thumb")
+    assert thumbs.count() == 2
+    for thumb in thumbs.all():
+        assert "flat" in (thumb.get_attribute("class") or "").split()
+        assert (thumb.get_attribute("title") or "").endswith("\nnear-constant (flat) image")
