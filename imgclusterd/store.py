@@ -197,7 +197,12 @@ class Store:
         if self.readonly:
             if app_id != APPLICATION_ID:
                 raise StoreError(f"{self.path} is not initialised yet")
-            self._check_version()
+            if self._check_version() < SCHEMA_VERSION:
+                # A reader cannot migrate; querying would fail on a column that is not there.
+                raise StoreError(
+                    f"{self.path} was written by an older imgclusterd; it is upgraded when "
+                    "the daemon or `imgclusterd scan` next opens it"
+                )
             return
         db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: a power cut may lose the last commits, never consistency; the
@@ -217,16 +222,19 @@ class Store:
 
     def _migrate(self) -> None:
         version = self._check_version()
-        for number, name, sql in MIGRATIONS:
-            if number <= version:
-                continue
-            log.debug("store: applying migration %d (%s)", number, name)
-            with self.transaction():
+        pending = [m for m in MIGRATIONS if m[0] > version]
+        if not pending:
+            return
+        # All pending migrations in one transaction: a reader (``status``) never sees a store
+        # half-way between two schema versions (it queried a column the next one adds).
+        with self.transaction():
+            for number, name, sql in pending:
+                log.debug("store: applying migration %d (%s)", number, name)
                 for statement in sql.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self._db.execute(f"PRAGMA user_version = {number}")
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def close(self) -> None:
         self._db.close()

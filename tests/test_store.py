@@ -217,3 +217,26 @@ def test_migration_3_records_flat_images(tmp_path: Path) -> None:
         assert store.flat_images() == [] and store.counts()["flat"] == 0
         assert set(store.files()) == {"before.jpg", "blank.png", "copy of blank.png",
                                       "photo.jpg"}
+
+
+def test_reader_of_an_older_schema_gets_a_clear_error_not_a_missing_column(
+    tmp_path: Path,
+) -> None:
+    """``status`` opening a store written by an older imgclusterd (or caught before the daemon
+    upgraded it) must not query columns the newer schema adds: one StoreError that says so."""
+    from imgclusterd.store import APPLICATION_ID, MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    number, _, sql = MIGRATIONS[0]
+    old.executescript(sql)
+    old.execute(f"PRAGMA user_version = {number}")
+    old.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    old.commit()
+    old.close()
+    with pytest.raises(StoreError, match="older imgclusterd"):
+        Store.open(path, readonly=True)
+    with Store.open(path) as store:  # the writer upgrades every step at once
+        assert store.counts()["flat"] == 0
+    with Store.open(path, readonly=True) as reader:
+        assert int(reader._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
