@@ -343,7 +343,9 @@ def test_sigkill_one_worker_mid_hash(workspace: Workspace) -> None:
 def small_fs(workspace: Workspace) -> Iterator[Path]:
     mount = workspace.root / "smallfs"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,nr_inodes=100000",
+    # 16 MB: room for the state folder after indexing the sample (store, WAL and thumbnails:
+    # with 2 MB it could already be full before the test filled it).
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M,nr_inodes=100000",
                              "tmpfs", str(mount)], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
@@ -543,7 +545,7 @@ def test_store_disk_full_daemon_survives_says_why_and_recovers(
     daemons.append(daemon.start())
     daemon.wait_idle(images=44)
     filler = small_fs / "filler"
-    # fill the 2 MB filesystem to the last byte
+    # fill the filesystem to the last byte
     with open(filler, "wb") as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0" * 65536)
