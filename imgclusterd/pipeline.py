@@ -275,20 +275,22 @@ class Pipeline:
             return report
         last = self.store.get_state("last_refresh") or {}
         current = self.writer.current_generation()
+        # The whole tree is checked for damage (one stat per folder) only on refreshes that
+        # walk everything (start-up, rescan, SIGHUP); a delta write checks the folders it
+        # builds on, and refuses (the whole tree is written then) when one is damaged.
+        damaged = report.full and self.writer.needs_repair()
         if (
             report.changed
             or force_output
             or current is None
             or last.get("fingerprint") != fingerprint
             or last.get("generation") != current
-            or self.writer.needs_repair()  # a folder of it deleted or changed: write again
+            or damaged  # a folder of it deleted or changed: write again
         ):
             tick = time.perf_counter()
             self.progress("clustering", 0, len(self.algorithms))
             # Patches build on the current generation's folders: never on damaged ones.
-            incremental = (
-                not force_output and self.writer.can_patch() and not self.writer.needs_repair()
-            )
+            incremental = not force_output and self.writer.can_patch() and not damaged
             states, self._states = self._states, {}
             tree, delta, pending = self._cluster(report, states if incremental else {})
             report.timings["cluster"] = time.perf_counter() - tick
@@ -306,7 +308,7 @@ class Pipeline:
             if delta is not None:
                 try:
                     report.output = self.writer.write_delta(delta, extra, progress=writing)
-                except ValueError as exc:  # a bug, not a user error: the whole tree is right
+                except ValueError as exc:  # a damaged base, or a bug: the whole tree is right
                     log.warning("output patch refused (%s); writing the whole tree", exc)
                     tree, _, pending = self._cluster(report, {})
                     report.output = self.writer.write(tree, extra, progress=writing)

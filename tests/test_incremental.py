@@ -113,3 +113,50 @@ def test_status_warns_when_the_tree_is_too_big_to_refresh_cheaply(tmp_path: Path
     warning = tree_warning(config, 10 * TREE_LINKS_CHEAP // folders)
     assert warning is not None
     assert f"{10 * TREE_LINKS_CHEAP // folders:,} photos x {folders} threshold folders" in warning
+
+
+def leaves_of(output: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    """(algo, threshold folder, leaf folder) -> its links (name -> target), through OUTPUT."""
+    return {key: dict(links) for key, links in tree(output).items()}
+
+
+def test_a_delta_refresh_checks_only_the_folders_it_builds_on(workspace: Workspace) -> None:
+    """A refresh after a few events does not stat the whole tree for damage: a damaged folder
+    the delta does not build on stays as it is until the next full refresh (start-up, rescan,
+    SIGHUP) repairs it; a damaged folder it does build on is never copied forward -- the
+    whole tree is written instead, which repairs it."""
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output,
+                                      ws.state)).config  # fmt: skip
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()
+        leaves = leaves_of(ws.output)
+        photos = sorted({target for links in leaves.values() for target in links.values()})
+        gone, later = photos[0], photos[1]
+        # damage a cluster folder that holds neither photo: no delta below touches it
+        cluster, victim = next(
+            (key, min(links)) for key, links in sorted(leaves.items())
+            if not key[2].startswith("unclustered") and gone not in links.values()
+            and later not in links.values()
+        )
+        os.unlink(ws.output.joinpath(*cluster, victim))
+        os.unlink(gone)
+        report = pipeline.refresh(dirty=[gone])
+        assert report.output is not None and report.output.planned == "delta"
+        assert not os.path.lexists(ws.output.joinpath(*cluster, victim))  # not looked at
+        # damage the unclustered folder the next delta patches (`later` leaves it)
+        leaves = leaves_of(ws.output)
+        base = next(key for key, links in sorted(leaves.items())
+                    if key[2].startswith("unclustered") and later in links.values())
+        other = min(name for name, target in leaves[base].items() if target != later)
+        os.unlink(ws.output.joinpath(*base, other))
+        moved = ws.root / "aside.jpg"
+        os.rename(later, moved)
+        report = pipeline.refresh(dirty=[later])
+        assert report.output is not None and report.output.planned == "tree"  # refused
+        os.rename(moved, later)
+        report = pipeline.refresh()  # a full refresh: everything damaged is repaired
+        assert os.path.lexists(ws.output.joinpath(*cluster, victim))
+        patched = tree(ws.output)
+    ws.snapshot()
+    assert patched == clean_scan(ws, "clean-end")

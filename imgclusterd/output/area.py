@@ -52,7 +52,7 @@ from imgclusterd.lock import InstanceLock
 from .hooks import GENERATION_BUILT, OBJECT_STAGED, SWAP_LINK_MADE, WriteHooks
 from .linkstore import LinkStore
 from .names import CLUSTER_RE, THRESHOLD_RE
-from .plan import DIGEST_LEN, Role
+from .plan import DIGEST_LEN, Role, leaf_digest
 
 __all__ = [
     "DIGEST_RE",
@@ -400,7 +400,7 @@ class Area:
                      self.root)
             self.stamps_hold = False
 
-    def stamped(self, path: Path, key: str) -> bool:
+    def stamped(self, path: Path | str, key: str) -> bool:
         """True when ``path`` is unchanged since it was made for ``key`` (one ``lstat``)."""
         if not self.stamps_hold:
             return False
@@ -409,6 +409,38 @@ class Area:
         except OSError:
             return False
         return mtime_ns % 1_000_000_000 == stamp_ns(key)
+
+    def leaf_intact(self, digest: str, missing_ok: bool = False) -> bool:
+        """True if leaf object ``digest`` holds exactly the links its digest names (or, with
+        ``missing_ok``, does not exist).
+
+        One ``lstat`` when its stamp holds; else its links are read and their set hash
+        compared with the digest (a touched folder is intact, and restamped). A delta write
+        knows the leaves it patches by digest only: a damaged one must be neither copied
+        forward nor "repaired" against the few links of a patch.
+        """
+        path = os.path.join(self.objects, digest)
+        try:
+            mtime_ns = os.lstat(path).st_mtime_ns
+        except FileNotFoundError:
+            return missing_ok
+        except OSError:
+            return False
+        if self.stamps_hold and mtime_ns % 1_000_000_000 == stamp_ns(digest):
+            return True
+        links: dict[str, str] = {}
+        try:
+            with os.scandir(path) as it:
+                for item in it:
+                    if not item.is_symlink():
+                        return False  # not ours: a full write leaves it alone, not a copy
+                    links[item.name] = os.readlink(item.path)
+        except OSError:
+            return False
+        if leaf_digest(links).digest != digest:
+            return False
+        self.stamp(Path(path), digest)
+        return True
 
     def repair_object(
         self, digest: str, links: Mapping[str, str], files: Mapping[str, bytes], shared: bool
@@ -571,10 +603,10 @@ class Area:
                 match = THRESHOLD_RE.match(thr_name)
                 threshold = int(match[1]) if match else 0
                 yield thr_digest, 1, (algo, "t", threshold)
-                for leaf_name, leaf_digest in self.object_children(thr_digest):
+                for leaf_name, leaf in self.object_children(thr_digest):
                     cluster = CLUSTER_RE.match(leaf_name)
                     slot = f"c{int(cluster[1])}" if cluster else "u"
-                    yield leaf_digest, 2, (algo, slot, threshold)
+                    yield leaf, 2, (algo, slot, threshold)
 
     def object_children(self, digest: str) -> list[tuple[str, str]]:
         children = self.children.get(digest)

@@ -257,6 +257,10 @@ class Pool:
                     entries = self.contents.get(digest)
                     if name in present or not (self.area.objects / digest).is_dir():
                         continue
+                    if entries is None and not self.area.stamped(
+                        os.path.join(self.area.objects, digest), digest
+                    ):
+                        continue  # changed since made: a copy would carry the damage along
                     staging = self.area.tmp / f"spare-{digest}"
                     if entries is None:  # planned as a patch: copy it from its object
                         links += copy_object(self.area.objects / digest, staging)

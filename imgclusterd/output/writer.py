@@ -206,6 +206,18 @@ class OutputWriter:
         if not self.can_patch() or self._model is None:
             raise ValueError("no model of the current generation: write the whole tree")
         plan, model = plan_delta(self._model, delta, extra_files)
+        # The folders patched into new ones (and patches already on disk) are known by
+        # digest only: check them (a stamp each) rather than the whole tree; a damaged one
+        # is repaired by a whole-tree write, which knows every folder's entries.
+        for digest, obj in plan.objects.items():
+            if obj.base is None:
+                continue
+            for leaf, missing_ok in ((obj.base, False), (digest, True)):
+                if not self._area.leaf_intact(leaf, missing_ok):
+                    raise ValueError(
+                        f"output folder {self._area.objects / leaf} was changed since it was "
+                        "written: the whole tree is written (and repaired) instead"
+                    )
         self._model = None  # until the write is through: a failed one leaves an unknown state
         self._writes += 1
         oldest = self._writes - _LINEAGE_WRITES
@@ -397,7 +409,10 @@ class OutputWriter:
                 ]
             if digest in existing:
                 counts.reused += 1
-                if not area.stamped(area.objects / digest, digest) and area.repair_object(
+                # (a patch's own links are its difference only: write_delta checked it)
+                if obj.base is None and not area.stamped(
+                    os.path.join(area.objects, digest), digest
+                ) and area.repair_object(
                     digest, obj.links, obj.files, shared=obj.level == 2
                 ):
                     counts.repaired += 1
@@ -443,7 +458,12 @@ class OutputWriter:
             remove_tree(staging)
         steps: list[tuple[tuple[str, ...], Mapping[str, str]]] = [(obj.removed, obj.links)]
         source = obj.base
-        while source not in spares or spares[source] in used:
+        # (a spare or retired folder whose stamp is off was changed: not built on)
+        while (
+            source not in spares
+            or spares[source] in used
+            or not area.stamped(os.path.join(area.pool, spares[source]), source)
+        ):
             parent = self._lineage.get(source)
             if parent is None or len(steps) > _LINEAGE_DEPTH:
                 source = ""
