@@ -14,16 +14,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import reconcile
 from .algorithms import Algorithm, hash_hex
-from .cluster import ClusterIndex
+from .cluster import ClusterIndex, Forest
 from .config import Config
 from .errors import ConfigError, ImagesFolderError, StoreError
-from .explorer import PAGE_VERSION, ExplorerAlgorithm, ExplorerPhoto, page_files
+from .explorer import (
+    DATA_FILE,
+    PAGE_FILES,
+    PAGE_VERSION,
+    ExplorerAlgorithm,
+    ExplorerPhoto,
+    page_files,
+)
 from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
 from .incremental import AlgorithmState, ranks_of, tree_patches
@@ -39,7 +46,7 @@ from .output import (
 from .pool import HashPool
 from .store import STORE_NAME, FileRecord, Store
 from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
-from .view import Snapshot
+from .view import LazyFiles, Snapshot
 
 __all__ = [
     "MASS_REMOVAL_MIN",
@@ -395,13 +402,33 @@ class Pipeline:
             if self.stop.is_set():  # stopping: the caller drops this partial snapshot
                 break
         previous = self._served[1] if self._served is not None else None
-        snapshot = Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
-                                  label=label)
         tick = time.perf_counter()
+        extra = None
         if self.config.explorer:  # at the root of the tree, as in every written generation
-            snapshot.extra_files.update(self._explorer_page())
+            # Made on first read (seconds at 100,000 photos), from the store as it is now.
+            extra = LazyFiles(
+                [*PAGE_FILES, DATA_FILE],
+                self._explorer_later(paths, [(name, thresholds, forest, keys)
+                                             for name, thresholds, _, forest, keys, _ in sweeps]),
+            )
         self.explorer_seconds = time.perf_counter() - tick
-        return snapshot
+        return Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
+                              label=label, extra_files=extra)
+
+    def _explorer_later(
+        self, paths: dict[int, str], sweeps: list[tuple[str, Sequence[int], Forest, list[int]]]
+    ) -> Callable[[], dict[str, bytes]]:
+        """The explorer page of a snapshot, made when called: what it needs from the store is
+        read now (the store changes with the next refresh; the forests and keys never do)."""
+        thumbs = self.config.store_dir / THUMBNAIL_FOLDER if self.config.thumbnails else None
+        digests = self.store.digests() if thumbs else {}
+        flat = set(self.store.flat_images())
+        images = self.images
+
+        def build() -> dict[str, bytes]:
+            return _explorer_files(images, paths, digests, flat, thumbs, sweeps)
+
+        return build
 
     def make_thumbnails(self, should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
         """The background thumbnail pass: remove thumbnails whose content no photo has any
@@ -785,33 +812,16 @@ class Pipeline:
     def _explorer_page(self) -> dict[str, bytes]:
         """The explorer page's files for the generation's root, from the forests just used."""
         records = {r.id: r for r in self.store.files().values() if r.status == "hashed"}
-        keys = {a.name: self._indexes[a.name].keys() for a in self.algorithms}
-        ids = sorted({k for vertex_keys in keys.values() for k in vertex_keys})
-        position = {file_id: i for i, file_id in enumerate(ids)}
         thumbs = self.config.store_dir / THUMBNAIL_FOLDER if self.config.thumbnails else None
-        flat = set(self.store.flat_images())
-        photos = []
-        for file_id in ids:
-            record = records[file_id]
-            thumb = thumbnail_path(thumbs, record.digest) if thumbs and record.digest else None
-            photos.append(
-                ExplorerPhoto(
-                    path=record.path,
-                    target=os.path.join(self.images, record.path),
-                    thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
-                    flat=record.path in flat,
-                )
-            )
-        algorithms = [
-            ExplorerAlgorithm(
-                name=a.name,
-                thresholds=a.thresholds,
-                forest=self._indexes[a.name].forest,
-                vertices=[position[k] for k in keys[a.name]],
-            )
-            for a in self.algorithms
-        ]
-        return page_files(photos, algorithms)
+        return _explorer_files(
+            self.images,
+            {file_id: r.path for file_id, r in records.items()},
+            {file_id: r.digest for file_id, r in records.items() if r.digest},
+            set(self.store.flat_images()),
+            thumbs,
+            [(a.name, a.thresholds, self._indexes[a.name].forest, self._indexes[a.name].keys())
+             for a in self.algorithms],
+        )
 
     def _fingerprint(self) -> str:
         # The store revision ties the output to the data it was built from: a run killed after
@@ -879,6 +889,39 @@ class StoreView(Pipeline):
         self._served = (str(revision), snapshot)
         self._revision = revision
         return snapshot
+
+
+def _explorer_files(
+    images: Path,
+    paths: dict[int, str],
+    digests: dict[int, bytes],
+    flat: set[str],
+    thumbs: Path | None,
+    sweeps: Sequence[tuple[str, Sequence[int], Forest, Sequence[int]]],
+) -> dict[str, bytes]:
+    """The explorer page's files: ``paths`` and ``digests`` by file id, ``flat`` paths, the
+    thumbnail folder, and each algorithm's (name, thresholds, forest, vertex keys)."""
+    ids = sorted({k for _, _, _, keys in sweeps for k in keys})
+    position = {file_id: i for i, file_id in enumerate(ids)}
+    photos = []
+    for file_id in ids:
+        path = paths[file_id]
+        digest = digests.get(file_id)
+        thumb = thumbnail_path(thumbs, digest) if thumbs and digest else None
+        photos.append(
+            ExplorerPhoto(
+                path=path,
+                target=os.path.join(images, path),
+                thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
+                flat=path in flat,
+            )
+        )
+    algorithms = [
+        ExplorerAlgorithm(name=name, thresholds=thresholds, forest=forest,
+                          vertices=[position[k] for k in keys])
+        for name, thresholds, forest, keys in sweeps
+    ]
+    return page_files(photos, algorithms)
 
 
 def _facts_now(path: str) -> FileFacts | None:

@@ -520,6 +520,15 @@ class Store:
         ).fetchone()[0]
         return counts
 
+    def digests(self) -> dict[int, bytes]:
+        """file id -> content digest of every hashed file (the mounted view's explorer page
+        captures these when a snapshot is made, a tenth of the cost of :meth:`files`)."""
+        rows = self._db.execute(
+            "SELECT id, digest FROM files WHERE status = 'hashed' AND gone IS NULL "
+            "AND digest IS NOT NULL"
+        )
+        return dict(rows.fetchall())
+
     def flat_images(self, limit: int | None = None) -> list[str]:
         """Relative paths of the hashed photos that are *flat* (near-constant: blank pages,
         one colour), sorted; their hashes carry almost no information, so they cluster with

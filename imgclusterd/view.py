@@ -7,8 +7,8 @@ default sweep the tree has ~44 million entries, a folder has at most N.
 
 Exactness: partitions come from :func:`imgclusterd.cluster.sweep` (the same function the
 pipeline calls for ``tree`` mode, so the same cluster numbering), folder names are built with the
-same patterns as the writer's plan, and link names with :func:`imgclusterd.output.link_name` and
-:func:`imgclusterd.output.folder_links` (the same unique-name rules and 255-byte cap).
+same patterns as the writer's plan, and link names follow :func:`imgclusterd.output.link_name`
+and :func:`imgclusterd.output.folder_links` (the same unique-name rules and 255-byte cap).
 
 What costs what:
 
@@ -16,11 +16,18 @@ What costs what:
   A photo is unclustered at ``t`` exactly when its lightest forest edge is heavier than ``t``
   (the forest's components are the graph's), so all ``U`` come from one pass over the edges.
 - ``/<algo>/thr_...``: one partition (``O(N log N)`` numpy), kept in a small LRU cache.
-- a leaf (cluster or unclustered folder): its members' link names; also cached, by entries.
+- a leaf (cluster or unclustered folder): a gather from the algorithm's :class:`_LinkTable`.
+  A photo's link name is the same in every folder of an algorithm (two equal names have equal
+  hashes, distance 0, so they always share a folder: see :mod:`imgclusterd.incremental`), so
+  the names are made once per algorithm and snapshot, encoded in one buffer, and a leaf's
+  listing is its members' offsets into that buffer: no per-entry Python work before readdir.
+  The one case where the shortcut is not exact (a numbered ``_k`` name equal to another photo's
+  name) falls back to :func:`folder_links` per leaf.
 
 A snapshot is immutable once built: the forests it holds are never modified in place (the
 cluster index replaces its arrays on update), so a refresh builds a new snapshot and swaps it
-in, and a listing that started on the old one finishes on it.
+in, and a listing that started on the old one finishes on it. Its top-level files (the explorer
+page) may be given as a builder, run once on first read, so publishing is not delayed by them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +48,21 @@ from .algorithms import hash_hex
 from .cluster import Forest, Partition, sweep
 from .output import Link, folder_links, link_name
 
-__all__ = ["AlgorithmSweep", "Node", "Snapshot"]
+__all__ = ["AlgorithmSweep", "LazyFiles", "Listing", "Node", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
 #: Partitions kept per algorithm (~2 arrays of N integers each).
 PARTITION_CACHE = 8
-#: Leaf entries kept per snapshot across all leaves (names + targets).
+#: Leaf entries kept per snapshot across all leaves, where names are made per leaf (rare).
 LEAF_CACHE_ENTRIES = 1_000_000
 
 _THR_RE = re.compile(r"thr_(\d+)_unclustered_(\d+)\Z")
 _CLUSTER_RE = re.compile(r"(\d+)_(\d+)\Z")
 _UNCLUSTERED = -1  # the leaf index of the unclustered folder
+# A name of at most this many characters is at most 252 bytes in the file-system encoding
+# (UTF-8: up to 4 bytes a character; surrogate escapes: 1), so it needs no 255-byte cap.
+_SURELY_SHORT = 63
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,53 @@ class Node:
     threshold: int | None = None
     leaf: int | None = None
     target: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A folder's entries, encoded for readdir: NUL-terminated names in one ``buffer``.
+
+    Entry ``i`` starts at byte ``starts[i]``; ``runs`` gives the kind (``dir``, ``link``,
+    ``file``) of the entries from each index on. The FUSE side hands the kernel pointers into
+    the buffer, so listing a 100,000-entry folder creates no Python object per entry.
+    """
+
+    buffer: bytes
+    starts: np.ndarray  # int64
+    runs: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def of(cls, names: Sequence[str], runs: tuple[tuple[int, str], ...]) -> Listing:
+        if not names:
+            return cls(b"", np.empty(0, dtype=np.int64), runs)
+        buffer = os.fsencode("\0".join(names)) + b"\0"
+        return cls(buffer, _starts(buffer), runs)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def names(self) -> list[str]:
+        buffer = self.buffer
+        return [os.fsdecode(buffer[s : buffer.index(b"\0", s)]) for s in self.starts.tolist()]
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(name, kind) of every entry, in order."""
+        names = self.names()
+        out = []
+        for i, (first, kind) in enumerate(self.runs):
+            last = self.runs[i + 1][0] if i + 1 < len(self.runs) else len(names)
+            out += [(name, kind) for name in names[first:last]]
+        return out
+
+
+def _starts(buffer: bytes) -> np.ndarray:
+    """Where each NUL-terminated name of ``buffer`` starts."""
+    ends = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8) == 0)
+    starts = np.empty(len(ends), dtype=np.int64)
+    if len(ends):
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    return starts
 
 
 class _LRU:
@@ -97,6 +154,119 @@ class _LRU:
             while self._weight > self.capacity and len(self._items) > 1:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._weight -= dropped
+
+
+class _Cut:
+    """One threshold of one algorithm: its partition, folder names, and each vertex's leaf."""
+
+    def __init__(self, partition: Partition, n: int) -> None:
+        self.partition = partition
+        p = partition
+        self.children = {f"{str(i).zfill(3)}_{len(c)}": i - 1 for i, c in enumerate(p.clusters, 1)}
+        self.children[f"unclustered_{len(p.unclustered)}"] = _UNCLUSTERED
+        self._n = n
+        self._labels: np.ndarray | None = None
+
+    def members(self, leaf: int) -> np.ndarray:
+        p = self.partition
+        return p.unclustered if leaf == _UNCLUSTERED else p.clusters[leaf]
+
+    def leaf_of(self, vertex: int) -> int:
+        if self._labels is None:  # built on the first link looked up at this threshold
+            labels = np.full(self._n, _UNCLUSTERED, dtype=np.int32)
+            clusters = self.partition.clusters
+            if clusters:
+                sizes = np.fromiter(map(len, clusters), dtype=np.int64, count=len(clusters))
+                labels[np.concatenate(clusters)] = np.repeat(
+                    np.arange(len(clusters), dtype=np.int32), sizes)
+            self._labels = labels
+        return int(self._labels[vertex])
+
+
+class _LinkTable:
+    """Every vertex's link name in one algorithm, as in every folder of it (module doc).
+
+    ``buffer`` holds the names, NUL-terminated, in vertex order; ``starts[v]`` is where
+    vertex ``v``'s begins. ``exact`` is False where a folder's own numbering could differ
+    (then leaves are named one by one with :func:`folder_links`).
+    """
+
+    def __init__(self, buffer: bytes, starts: np.ndarray, exact: bool) -> None:
+        self.buffer = buffer
+        self.starts = starts
+        self.exact = exact
+        self._lock = threading.Lock()
+        self._hashes: tuple[np.ndarray, np.ndarray] | None = None
+
+    def vertex(self, name: bytes) -> int | None:
+        """The vertex named ``name``: a sorted array of the names' hashes (8 bytes a photo,
+        not a dict of N names), built on the first lookup."""
+        with self._lock:
+            if self._hashes is None:
+                names = self.buffer.split(b"\0")[:-1]
+                values = np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
+                order = np.argsort(values, kind="stable")
+                self._hashes = (values[order], order)
+        values, order = self._hashes
+        wanted = hash(name)
+        at = int(np.searchsorted(values, wanted))
+        buffer = self.buffer
+        while at < len(values) and values[at] == wanted:
+            v = int(order[at])
+            start = int(self.starts[v])
+            if buffer[start : start + len(name) + 1] == name + b"\0":
+                return v
+            at += 1
+        return None
+
+    @classmethod
+    def build(cls, stems: Sequence[tuple[str, str]], hexes: Sequence[str],
+              target: Callable[[int], str], root_ok: bool) -> _LinkTable:
+        """From each vertex's (stem, extension) and hash hex; ``target(v)`` its absolute path;
+        ``root_ok``: the targets are absolute and free of NUL."""
+        names = [f"{s}_{h}{e}" for (s, e), h in zip(stems, hexes, strict=True)]
+        for v in [v for v, name in enumerate(names) if len(name) > _SURELY_SHORT]:
+            stem, ext = stems[v]
+            names[v] = link_name(stem, hexes[v], ext)
+        text = "\0".join(names)
+        # folder_links refuses a name with "/" or NUL: leave that to it, leaf by leaf.
+        exact = root_ok and "/" not in text and text.count("\0") == len(names) - 1
+        numbered = _number_duplicates(names, target) if exact else None
+        if numbered is None:
+            exact = False  # a folder could number differently: folder_links per leaf
+        elif numbered is not names:
+            names = numbered  # equal names numbered: join again
+            text = "\0".join(names)
+        if not names:
+            return cls(b"", np.empty(0, dtype=np.int64), exact)
+        buffer = os.fsencode(text) + b"\0"
+        return cls(buffer, _starts(buffer), exact)
+
+
+def _number_duplicates(names: list[str], target: Callable[[int], str]) -> list[str] | None:
+    """The names with each group of equal names numbered as :func:`folder_links` numbers it
+    (``names`` itself when all differ), or None when a folder could number differently: a
+    numbered name equal to another photo's name, which folder_links skips only in the folders
+    where that photo is."""
+    seen: set[str] = set()
+    equal = {name for name in names if name in seen or seen.add(name)}  # type: ignore[func-returns-value]
+    if not equal:
+        return names
+    groups: dict[str, list[int]] = {}
+    for v, name in enumerate(names):
+        if name in equal:
+            groups.setdefault(name, []).append(v)
+    out = list(names)
+    given: set[str] = set()
+    for name, vertices in groups.items():
+        by_target = {target(v): v for v in vertices}
+        for numbered, path in folder_links([Link(name, t) for t in by_target]).items():
+            if numbered != name:
+                if numbered in seen or numbered in given:
+                    return None
+                given.add(numbered)
+            out[by_target[path]] = numbered
+    return out
 
 
 class AlgorithmSweep:
@@ -131,8 +301,9 @@ class AlgorithmSweep:
         self._ranks: np.ndarray | None = None
         self._folders: dict[str, int] | None = None  # threshold folder name -> threshold
         self._unclustered: dict[int, int] | None = None
-        self._partitions = _LRU(PARTITION_CACHE)
-        self._children = _LRU(PARTITION_CACHE)
+        self._cuts = _LRU(PARTITION_CACHE)
+        self._table: _LinkTable | None = None
+        self._table_lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.forest.n
@@ -178,79 +349,119 @@ class AlgorithmSweep:
                 self._ranks = self.files.ranks(self.keys)
             return self._ranks
 
-    def partition(self, threshold: int) -> Partition:
-        found = self._partitions.get(threshold)
+    def cut(self, threshold: int) -> _Cut:
+        found = self._cuts.get(threshold)
         if found is None:
-            found = sweep(self.forest, [threshold], self.ranks())[0]
-            self._partitions.put(threshold, found)
+            found = _Cut(sweep(self.forest, [threshold], self.ranks())[0], self.forest.n)
+            self._cuts.put(threshold, found)
         return found
+
+    def partition(self, threshold: int) -> Partition:
+        return self.cut(threshold).partition
 
     def children(self, threshold: int) -> dict[str, int]:
         """The entries of a threshold folder: ``<CCC>_<size>`` -> cluster index, and
         ``unclustered_<U>`` -> -1 (the writer's names, in its order)."""
-        found = self._children.get(threshold)
-        if found is None:
-            p = self.partition(threshold)
-            found = {f"{str(i).zfill(3)}_{len(c)}": i - 1 for i, c in enumerate(p.clusters, 1)}
-            found[f"unclustered_{len(p.unclustered)}"] = _UNCLUSTERED
-            self._children.put(threshold, found)
-        return found
+        return self.cut(threshold).children
 
     def members(self, threshold: int, leaf: int) -> np.ndarray:
-        p = self.partition(threshold)
-        return p.unclustered if leaf == _UNCLUSTERED else p.clusters[leaf]
+        return self.cut(threshold).members(leaf)
+
+    # -- link names -----------------------------------------------------------------------------
+
+    def hexes(self, vertices: np.ndarray | None = None) -> list[str]:
+        """The hash hex of these vertices (default: all), as ImageHash prints it."""
+        rows = self.packed if vertices is None else self.packed[vertices]
+        nbytes = rows.shape[1] if rows.ndim == 2 else 0
+        if self.nbits == nbytes * 8:
+            # hash_hex of a whole number of bytes is their hex: one call for all rows.
+            text = np.ascontiguousarray(rows).tobytes().hex()
+            step = 2 * nbytes
+            return [text[i : i + step] for i in range(0, len(text), step)]
+        return [hash_hex(row.tobytes(), self.nbits) for row in rows]
+
+    def table(self) -> _LinkTable:
+        """The link names of every vertex (built on the first leaf listed in this snapshot)."""
+        with self._table_lock:
+            if self._table is None:
+                started = time.perf_counter()
+                keys, files = self.keys, self.files
+                self._table = _LinkTable.build(
+                    files.stems(keys), self.hexes(), lambda v: files.target(keys[v]),
+                    files.targets_ok(),
+                )
+                log.debug("%s: %d link names in %.3f s (exact: %s)", self.name, len(keys),
+                          time.perf_counter() - started, self._table.exact)
+            return self._table
 
     def links(self, vertices: np.ndarray) -> list[Link]:
-        """The links of these vertices, named as the pipeline names them for ``tree`` mode."""
-        nbytes = self.packed.shape[1] if self.packed.ndim == 2 else 0
-        rows = self.packed[vertices]
-        if self.nbits == nbytes * 8:
-            # hash_hex of a whole number of bytes is their hex: one call for the whole leaf.
-            text = rows.tobytes().hex()
-            step = 2 * nbytes
-            hexes = [text[i : i + step] for i in range(0, len(text), step)]
-        else:
-            hexes = [hash_hex(row.tobytes(), self.nbits) for row in rows]
-        keys = self.keys
-        files = self.files
+        """The links of these vertices, named as the pipeline names them for ``tree`` mode
+        (before a folder's unique-name numbering)."""
+        stems = self.files.stems([self.keys[v] for v in vertices.tolist()])
         out = []
-        for v, hexhash in zip(vertices.tolist(), hexes, strict=True):
-            stem, ext, target = files.parts(keys[v])
-            out.append(Link(link_name(stem, hexhash, ext), target))
+        for v, (stem, ext), hexhash in zip(vertices.tolist(), stems, self.hexes(vertices),
+                                           strict=True):
+            out.append(Link(link_name(stem, hexhash, ext), self.files.target(self.keys[v])))
         return out
 
 
-class _Files:
-    """The photos of a snapshot: key -> relative path, with the parts a link needs.
+def _split_name(path: str) -> tuple[str, str]:
+    """``os.path.splitext(os.path.basename(path))``, a third of its cost (no generic path)."""
+    base = path.rpartition("/")[2]
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not stem.lstrip("."):  # no dot, or only leading dots: no extension
+        return base, ""
+    return stem, dot + ext
 
-    ``parts`` (relative path -> stem, extension, absolute target) is filled as leaves are
-    listed and handed on to the next snapshot: splitting a path costs more than naming its
-    link, and paths rarely change between refreshes.
+
+class _Files:
+    """The photos of a snapshot: key -> relative path, with what a link name needs.
+
+    ``stems`` (relative path -> stem, extension) are kept as leaves are named and handed on to
+    the next snapshot: splitting 100,000 paths costs more than naming their links, and paths
+    rarely change between refreshes.
     """
 
     def __init__(self, root: str, paths: Mapping[Any, str],
-                 parts: dict[str, tuple[str, str, str]] | None = None) -> None:
+                 parts: dict[str, tuple[str, str]] | None = None) -> None:
         self.root = root
         self.paths = paths
-        self._parts: dict[str, tuple[str, str, str]] = parts if parts is not None else {}
+        self._parts: dict[str, tuple[str, str]] = parts if parts is not None else {}
         self._lock = threading.Lock()
         self._rank: dict[Hashable, int] | None = None
+        self._targets_ok: bool | None = None
 
-    def parts(self, key: Hashable) -> tuple[str, str, str]:
-        path = self.paths[key]
-        found = self._parts.get(path)
-        if found is None:
-            stem, ext = os.path.splitext(os.path.basename(path))
-            found = self._parts[path] = (stem, ext, os.path.join(self.root, path))
-        return found
+    def stems(self, keys: Sequence[Hashable]) -> list[tuple[str, str]]:
+        """Each key's (stem, extension), as ``os.path.splitext`` of its file name."""
+        paths = self.paths
+        with self._lock:
+            parts = self._parts
+            wanted = [paths[k] for k in keys]
+            new = [p for p in wanted if p not in parts]
+            parts.update(zip(new, map(_split_name, new), strict=True))
+            return [parts[p] for p in wanted]
+
+    def target(self, key: Hashable) -> str:
+        return os.path.join(self.root, self.paths[key])
+
+    def targets_ok(self) -> bool:
+        """Every target absolute and free of NUL (what folder_links checks), for all keys."""
+        if self._targets_ok is None:
+            text = "\n".join(self.paths.values())
+            self._targets_ok = (
+                "\0" not in self.root and "\0" not in text
+                and (os.path.isabs(self.root) or all(map(os.path.isabs, self.paths.values())))
+            )
+        return self._targets_ok
 
     def handed_on(self, root: str, paths: Mapping[Any, str]) -> _Files:
         """The files of the next snapshot, keeping what this one learnt about paths."""
-        parts = self._parts if root == self.root else {}
-        if len(parts) > 2 * len(paths) + 1000:  # many photos gone: drop theirs
-            wanted = set(paths.values())
-            parts = {p: v for p, v in parts.items() if p in wanted}
-        return _Files(root, paths, parts)
+        with self._lock:
+            parts = self._parts if root == self.root else {}
+            if len(parts) > 2 * len(paths) + 1000:  # many photos gone: drop theirs
+                wanted = set(paths.values())
+                parts = {p: v for p, v in parts.items() if p in wanted}
+            return _Files(root, paths, parts)
 
     def ranks(self, keys: Sequence[Hashable]) -> np.ndarray:
         """Each key's position in path order (the pipeline's ``rank_of=path``)."""
@@ -262,11 +473,58 @@ class _Files:
         return np.fromiter((rank[k] for k in keys), dtype=np.int64, count=len(keys))
 
 
+class LazyFiles(Mapping[str, bytes]):
+    """Files whose names are known now and whose contents are made on first read, once.
+
+    The explorer page at 100,000 photos takes seconds to build; a snapshot is published
+    without it, and the first reader of any of its files builds them all (from what the
+    snapshot's builder captured, so the page matches the snapshot, not a later store).
+    """
+
+    def __init__(self, names: Sequence[str], build: Callable[[], Mapping[str, bytes]]) -> None:
+        self._names = tuple(names)
+        self._build: Callable[[], Mapping[str, bytes]] | None = build
+        self._files: Mapping[str, bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        return self._files is not None
+
+    def _contents(self) -> Mapping[str, bytes]:
+        with self._lock:
+            if self._files is None:
+                assert self._build is not None
+                started = time.perf_counter()
+                files = self._build()
+                missing = set(self._names) - set(files)
+                if missing:
+                    raise ValueError(f"the builder did not make {sorted(missing)}")
+                self._files, self._build = files, None  # drop what the builder captured
+                log.info("top-level files built on first read in %.2f s",
+                         time.perf_counter() - started)
+            return self._files
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._contents()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class Snapshot:
     """The whole output tree at one moment, resolved and listed on demand (see module doc).
 
     ``extra_files``: files at the top level of the tree (name -> content), as the writer puts
-    into each generation.
+    into each generation; a :class:`LazyFiles` to build them on first read.
     """
 
     def __init__(
@@ -280,7 +538,9 @@ class Snapshot:
         self.algorithms = {a.name: a for a in algorithms}
         self.label = label
         self.created = clock()
-        self.extra_files = dict(extra_files or {})
+        self.extra_files: Mapping[str, bytes] = (
+            extra_files if isinstance(extra_files, LazyFiles) else dict(extra_files or {})
+        )
         self._leaves = _LRU(LEAF_CACHE_ENTRIES)
         self._files = _Files("", {})
 
@@ -325,35 +585,52 @@ class Snapshot:
             return None
         if len(parts) == 2:
             return Node("threshold", parts[0], threshold)
-        leaf = sweep_.children(threshold).get(parts[2])
+        cut = sweep_.cut(threshold)
+        leaf = cut.children.get(parts[2])
         if leaf is None:
             return None
         if len(parts) == 3:
             return Node("leaf", parts[0], threshold, leaf)
         if len(parts) > 4:
             return None
-        target = self.leaf_entries(sweep_, threshold, leaf).get(parts[3])
+        table = sweep_.table()
+        if table.exact:
+            v = table.vertex(os.fsencode(parts[3]))
+            if v is None or cut.leaf_of(v) != leaf:
+                return None
+            target: str | None = sweep_.files.target(sweep_.keys[v])
+        else:
+            target = self.leaf_entries(sweep_, threshold, leaf).get(parts[3])
         return None if target is None else Node("link", parts[0], threshold, leaf, target)
 
-    def listdir(self, node: Node) -> list[tuple[str, str]]:
-        """A folder's entries as (name, kind): kind ``dir``, ``link`` or ``file``."""
+    def listing(self, node: Node) -> Listing:
+        """A folder's entries, encoded (see :class:`Listing`)."""
         if node.kind == "root":
-            return [(name, "dir") for name in self.algorithms] + [
-                (name, "file") for name in self.extra_files
-            ]
+            return Listing.of([*self.algorithms, *self.extra_files],
+                              ((0, "dir"), (len(self.algorithms), "file")))
         assert node.algo is not None
         sweep_ = self.algorithms[node.algo]
         if node.kind == "algo":
-            return [(name, "dir") for name in sweep_.folder_names()]
+            return Listing.of(list(sweep_.folder_names()), ((0, "dir"),))
         assert node.threshold is not None
         if node.kind == "threshold":
-            return [(name, "dir") for name in sweep_.children(node.threshold)]
+            return Listing.of(list(sweep_.children(node.threshold)), ((0, "dir"),))
         if node.kind == "leaf":
             assert node.leaf is not None
-            return [(n, "link") for n in self.leaf_entries(sweep_, node.threshold, node.leaf)]
+            table = sweep_.table()
+            if table.exact:
+                members = sweep_.members(node.threshold, node.leaf)
+                return Listing(table.buffer, table.starts[members], ((0, "link"),))
+            names = list(self.leaf_entries(sweep_, node.threshold, node.leaf))
+            return Listing.of(names, ((0, "link"),))
         raise NotADirectoryError(node.kind)
 
+    def listdir(self, node: Node) -> list[tuple[str, str]]:
+        """A folder's entries as (name, kind): kind ``dir``, ``link`` or ``file``."""
+        return self.listing(node).entries()
+
     def leaf_entries(self, sweep_: AlgorithmSweep, threshold: int, leaf: int) -> dict[str, str]:
+        """A leaf's name -> target, made for this leaf alone with :func:`folder_links`."""
         key = (sweep_.name, threshold, leaf)
         found = self._leaves.get(key)
         if found is None:

@@ -17,12 +17,17 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from imgclusterd.algorithms import hash_hex
+from imgclusterd.cluster import spanning_forest
 from imgclusterd.config import load_config
+from imgclusterd.explorer import ExplorerAlgorithm, ExplorerPhoto, page_files
+from imgclusterd.output import Link, folder_links, link_name
 from imgclusterd.pipeline import Pipeline, StoreView
-from imgclusterd.view import Node, Snapshot
+from imgclusterd.view import LazyFiles, Node, Snapshot
 
 from .conftest import DaemonProcess, Workspace, run_cli, wait_for
 from .test_daemon import make_photos, write_config
@@ -185,6 +190,112 @@ def test_view_lists_exactly_the_written_tree(workspace: Workspace) -> None:
     assert "index.html" in written  # the explorer page's files are served too
 
 
+def _leaf_links(snapshot: Snapshot, algo: str, threshold: int, leaf: int) -> dict[str, str]:
+    """What the writer would put in a leaf: folder_links of its members' links, made here
+    from the paths and hashes alone (not through the snapshot's per-algorithm names)."""
+    sweep_ = snapshot.algorithms[algo]
+    links = []
+    for v in sweep_.members(threshold, leaf).tolist():
+        path = sweep_.files.paths[sweep_.keys[v]]
+        stem, ext = os.path.splitext(os.path.basename(path))
+        links.append(Link(link_name(stem, hash_hex(sweep_.packed[v].tobytes(), sweep_.nbits),
+                                    ext), os.path.join(sweep_.files.root, path)))
+    return folder_links(links)
+
+
+def _every_leaf_is_folder_links(snapshot: Snapshot) -> int:
+    leaves = 0
+    for algo, sweep_ in snapshot.algorithms.items():
+        for folder, threshold in sweep_.folder_names().items():
+            for child in sweep_.children(threshold):
+                node = snapshot.resolve(f"/{algo}/{folder}/{child}")
+                assert node is not None and node.leaf is not None
+                expected = _leaf_links(snapshot, algo, threshold, node.leaf)
+                listed = [name for name, kind in snapshot.listdir(node) if kind == "link"]
+                assert sorted(listed) == sorted(expected), (folder, child)
+                for name, target in expected.items():
+                    found = snapshot.resolve(f"/{algo}/{folder}/{child}/{name}")
+                    assert found is not None and found.target == target, name
+                leaves += 1
+    return leaves
+
+
+def test_leaf_names_equal_folder_links_even_where_a_numbered_name_clashes(
+        tmp_path: Path) -> None:
+    """Names are made once per algorithm (a photo's name is the same in every folder); where
+    that shortcut would differ from a folder's own numbering -- a numbered ``_2`` name equal
+    to another photo's name, possible with a 4-bit hash -- every leaf still equals
+    folder_links of its members. Random libraries with exact copies, and the clash."""
+    root = str(tmp_path / "images")
+    rng = np.random.default_rng(5)
+    for case in range(6):
+        n = 60
+        paths = {i: f"d{i % 3}/p{int(rng.integers(0, 25))}.jpg" for i in range(n)}
+        paths = {i: p if p not in list(paths.values())[:i] else f"e{i}/{p}"
+                 for i, p in paths.items()}  # unique paths; many equal file names
+        nbits = 4 if case % 2 else 16
+        packed = rng.integers(0, 256, (n, nbits // 8 or 1), dtype=np.uint8)
+        if nbits == 4:
+            packed &= 0xF0
+        packed[1::4] = packed[0::4][: len(packed[1::4])]  # exact copies
+        if case == 1:  # the clash: d0/x.jpg and d1/x.jpg (hash 1) and d2/x_1.jpg (hash 2)
+            paths.update({0: "d0/x.jpg", 1: "d1/x.jpg", 2: "d2/x_1.jpg"})
+            packed[:3, 0] = [0x10, 0x10, 0x20]
+        limit = 4 if nbits == 4 else 10
+        forest = spanning_forest(packed, limit)
+        snapshot = Snapshot.build(root, paths, [("h", list(range(limit)), nbits, forest,
+                                                 list(paths), packed)])
+        assert _every_leaf_is_folder_links(snapshot) > limit
+        if case == 1:
+            sweep_ = snapshot.algorithms["h"]
+            assert not sweep_.table().exact  # named leaf by leaf here
+            # Threshold 2 joins d2/x_1.jpg (named x_1_2.jpg) to the two x.jpg: d1's is _3.
+            folder = next(name for name, t in sweep_.folder_names().items() if t == 2)
+            names = set()
+            for child in sweep_.children(2):
+                node = snapshot.resolve(f"/h/{folder}/{child}")
+                assert node is not None
+                names |= {name for name, _ in snapshot.listdir(node)}
+            assert {"x_1.jpg", "x_1_2.jpg", "x_1_3.jpg"} <= names
+
+
+def test_explorer_page_of_a_snapshot_is_made_on_first_read_from_its_own_photos(
+        workspace: Workspace) -> None:
+    """Mount mode publishes a snapshot without making the explorer page; reading it makes it,
+    for the snapshot's photos even when the store has changed since."""
+    make_photos(workspace.images, 4, seed=1)
+    config = load_config(None, {"images": workspace.images, "output": workspace.output,
+                                "state_dir": workspace.state, "output_mode": "mount",
+                                "thumbnails": False}).config
+    published: list[Snapshot] = []
+    with Pipeline(config, publish=published.append) as pipeline:
+        pipeline.refresh()
+        first = published[-1]
+        assert isinstance(first.extra_files, LazyFiles) and not first.extra_files.built
+        make_photos(workspace.images, 2, seed=2)  # two more photos: a second snapshot
+        workspace.snapshot()
+        pipeline.refresh()
+        second = published[-1]
+        assert not first.extra_files.built and second.photos == first.photos + 2
+        page = {s: s.extra_files["explorer-data.js"] for s in (second, first)}
+        assert first.extra_files.built and "index.html" in first.extra_files
+        expected = {s: pipeline_page(s) for s in (first, second)}
+    assert page == expected and page[first] != page[second]
+
+
+def pipeline_page(snapshot: Snapshot) -> bytes:
+    """The page as tree mode makes it (page_files) for a snapshot's photos and forests."""
+    sweeps = list(snapshot.algorithms.values())
+    ids = sorted({k for s in sweeps for k in s.keys})
+    position = {k: i for i, k in enumerate(ids)}
+    files = sweeps[0].files
+    photos = [ExplorerPhoto(path=files.paths[k], target=files.target(k), thumbnail=None)
+              for k in ids]
+    algorithms = [ExplorerAlgorithm(s.name, s.thresholds, s.forest,
+                                    [position[k] for k in s.keys]) for s in sweeps]
+    return page_files(photos, algorithms)["explorer-data.js"]
+
+
 # -- against a real FUSE mount ------------------------------------------------------------------
 
 
@@ -210,6 +321,52 @@ def test_mounted_tree_equals_written_tree_and_ctrl_c_unmounts(workspace: Workspa
     assert mount_state(mountpoint) == "not mounted"
     assert not mountpoint.exists()  # it made the folder, so it removed it
     assert written_tree(workspace.output) == written  # the written tree untouched
+
+
+def _one_cluster(root: str, n: int, seed: int) -> Snapshot:
+    """``n`` photos, all within distance 2 of each other: threshold 2 is one cluster of n."""
+    rng = np.random.default_rng(seed)
+    paths = {i: f"f{i % 7}/IMG_{seed}_{i:05d}.jpg" for i in range(n)}
+    packed = np.zeros((n, 8), dtype=np.uint8)
+    packed[np.arange(n), rng.integers(0, 8, n)] = 1  # one bit set: distance <= 2
+    forest = spanning_forest(packed, 3)
+    return Snapshot.build(root, paths, [("phash_8", [0, 2], 64, forest, list(paths), packed)])
+
+
+@needs_fuse
+def test_a_big_folder_is_listed_whole_across_kernel_requests_from_one_snapshot(
+        tmp_path: Path) -> None:
+    """readdir answers the kernel's requests one at a time from offsets: a folder of 6,000
+    links (~300 KB of entries, many requests) lists every entry once, each link resolves, and
+    a listing that started before a new snapshot was published finishes on its own."""
+    from imgclusterd.mount import Mount, SnapshotHolder
+
+    root = str(tmp_path / "images")
+    old, new = _one_cluster(root, 6000, seed=1), _one_cluster(root, 5000, seed=2)
+    holder = SnapshotHolder()
+    holder.publish(old)
+    mount = Mount(tmp_path / "view", holder)
+    mount.start()
+    try:
+        folder = tmp_path / "view" / "phash_8" / "thr_002_unclustered_0" / "001_6000"
+        node = old.resolve("/phash_8/thr_002_unclustered_0/001_6000")
+        assert node is not None
+        expected = [name for name, _ in old.listdir(node)]
+        listed = os.listdir(folder)
+        assert len(listed) == 6000 and sorted(listed) == sorted(expected)
+        for name in listed[::250]:  # IMG_1_<i>_<hash>.jpg -> images/f<i % 7>/IMG_1_<i>.jpg
+            i = int(name.split("_")[2])
+            assert os.readlink(folder / name) == os.path.join(root, f"f{i % 7}/IMG_1_{i:05d}.jpg")
+        with os.scandir(folder) as entries:
+            first = next(entries)  # the first request answered from the old snapshot
+            holder.publish(new)
+            rest = [e.name for e in entries]
+        assert sorted([first.name, *rest]) == sorted(expected)
+        assert len(os.listdir(tmp_path / "view" / "phash_8" / "thr_002_unclustered_0" /
+                              "001_5000")) == 5000
+    finally:
+        mount.stop()
+    assert not (tmp_path / "view").exists()
 
 
 @needs_fuse
