@@ -412,8 +412,11 @@ class Pipeline:
                                              for name, thresholds, _, forest, keys, _ in sweeps]),
             )
         self.explorer_seconds = time.perf_counter() - tick
-        return Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
-                              label=label, extra_files=extra)
+        snapshot = Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
+                                  label=label, extra_files=extra)
+        if previous is None:
+            snapshot.warm()  # the first one: later snapshots inherit what it learns
+        return snapshot
 
     def _explorer_later(
         self, paths: dict[int, str], sweeps: list[tuple[str, Sequence[int], Forest, list[int]]]

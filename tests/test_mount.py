@@ -259,6 +259,31 @@ def test_leaf_names_equal_folder_links_even_where_a_numbered_name_clashes(
             assert {"x_1.jpg", "x_1_2.jpg", "x_1_3.jpg"} <= names
 
 
+def test_names_handed_on_to_the_next_snapshot_equal_folder_links(tmp_path: Path) -> None:
+    """A refresh that adds photos reuses the previous snapshot's names for the others; the
+    added ones may bring a name an earlier photo has (an exact copy under the same file name
+    elsewhere): then every leaf must still be numbered as folder_links numbers it."""
+    root = str(tmp_path / "images")
+    rng = np.random.default_rng(11)
+    n = 80
+    paths = {i: f"d{i % 4}/IMG_{i:03d}.jpg" for i in range(n)}
+    packed = rng.integers(0, 256, (n, 2), dtype=np.uint8)
+    packed[40:50] = packed[30:40] ^ np.uint8(1)  # near copies: clusters at low thresholds
+    paths[78], packed[78] = "e/IMG_005.jpg", packed[5]  # an exact copy, same file name
+    paths[79] = "e/IMG_006.jpg"  # same file name, other content
+    thresholds = list(range(6))
+    previous = None
+    for count in (40, 60, 60, 78, 80):  # growing, unchanged, then the copy arrives
+        keys = list(range(count))
+        sub = {k: paths[k] for k in keys}
+        forest = spanning_forest(packed[:count], 5)
+        snapshot = Snapshot.build(root, sub, [("h", thresholds, 16, forest, keys,
+                                               packed[:count])], previous=previous)
+        assert _every_leaf_is_folder_links(snapshot) >= len(thresholds)
+        assert snapshot.algorithms["h"].table().numbered == (count == 80)
+        previous = snapshot
+
+
 def test_explorer_page_of_a_snapshot_is_made_on_first_read_from_its_own_photos(
         workspace: Workspace) -> None:
     """Mount mode publishes a snapshot without making the explorer page; reading it makes it,
