@@ -82,9 +82,10 @@ def make_library(root: Path, n: int, seed: int = 7) -> None:
     store.close()
 
 
-def rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its children (the hashing pool)."""
-    total = 0
+def memory(pid: int) -> tuple[int, int]:
+    """Resident and proportional (PSS: shared pages split among their users) bytes of ``pid``
+    and its children (the hashing pool)."""
+    rss = pss = 0
     pids = [pid]
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -93,18 +94,44 @@ def rss(pid: int) -> int:
         pass
     for p in pids:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total
+    return rss, pss
+
+
+def mib(pid: int) -> str:
+    rss, pss = memory(pid)
+    return f"RSS {rss / 2**20:.0f} MiB, PSS {pss / 2**20:.0f} MiB"
+
+
+_SERVER: list[int] = []  # the daemon's pid, for its CPU time per listing
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_listdir(path: Path) -> tuple[float, int]:
+    """Wall seconds of one os.listdir through the mount, and its entries; the daemon's CPU
+    seconds for it are appended to ``SERVER_CPU`` (wall time on a loaded machine also holds
+    waiting for a core and for the GIL)."""
+    cpu = cpu_seconds(_SERVER[0]) if _SERVER else 0.0
     started = time.perf_counter()
     entries = os.listdir(path)
-    return time.perf_counter() - started, len(entries)
+    wall = time.perf_counter() - started
+    if _SERVER:
+        SERVER_CPU.append(cpu_seconds(_SERVER[0]) - cpu)
+    return wall, len(entries)
+
+
+SERVER_CPU: list[float] = []
 
 
 def measure_listings(view: Path) -> list[dict[str, Any]]:
@@ -139,8 +166,9 @@ def measure_listings(view: Path) -> list[dict[str, Any]]:
                             ("largest cluster", largest_cluster),
                             ("most clusters", most_clusters)):
         cold, count = timed_listdir(path)
+        warm = timed_listdir(path)[0]
         results.append({"folder": f"{what}: {path.relative_to(view)}", "entries": count,
-                        "cold": cold, "warm": timed_listdir(path)[0]})
+                        "cold": cold, "warm": warm, "cpu": SERVER_CPU[-2:]})
     return results
 
 
@@ -188,28 +216,33 @@ def bench_daemon(args: argparse.Namespace) -> None:
                   f"step = {a.step}\n" for a in DEFAULT_ALGORITHMS
                   if not args.algorithms or a.name in args.algorithms)
     )
+    log_path = root / "daemon.log"
+    earlier = log_path.read_text(errors="replace").count("refresh done") if log_path.exists() else 0
     daemon = Daemon(root, config)
+    _SERVER[:] = [daemon.proc.pid]
     try:
         started = time.monotonic()
-        daemon.wait(lambda: daemon.refresh_lines() and daemon.status()["phase"] == "idle",
-                    timeout=7200, step=1.0)
-        first = timings(daemon.refresh_lines()[0])
+        daemon.wait(lambda: len(daemon.refresh_lines()) > earlier
+                    and daemon.status()["phase"] == "idle", timeout=7200, step=1.0)
+        first = timings(daemon.refresh_lines()[earlier])
         print(f"start: first refresh {time.monotonic() - started:.0f} s "
-              f"({json.dumps(first)}), daemon RSS {rss(daemon.proc.pid) / 2**20:.0f} MiB")
-        print("| folder | entries | cold s | warm s |\n|---|---:|---:|---:|")
+              f"({json.dumps(first)}), daemon {mib(daemon.proc.pid)}")
+        print("| folder | entries | cold s | warm s | daemon CPU s (cold, warm) |\n"
+              "|---|---:|---:|---:|---:|")
         listings = measure_listings(root / "view")
         for row in listings:
+            cpu = ", ".join(f"{c:.2f}" for c in row.get("cpu", []))
             print(f"| {row['folder']} | {row['entries']:,} | {row['cold']:.3f} | "
-                  f"{row['warm']:.3f} |")
+                  f"{row['warm']:.3f} | {cpu} |")
         print(f"slowest listing: {max(r['cold'] for r in listings):.3f} s cold, "
               f"{max(r['warm'] for r in listings):.3f} s warm")
-        print(f"daemon RSS after the listings: {rss(daemon.proc.pid) / 2**20:.0f} MiB")
+        print(f"daemon after the listings: {mib(daemon.proc.pid)}")
         for _ in range(args.repeat):
             parts = drop_one(daemon, root, args.debounce)
             print(f"+1: visible {parts['visible']:.2f} s after close (minus debounce); daemon "
                   f"refresh {json.dumps(parts)}")
             daemon.wait(lambda: daemon.status()["phase"] == "idle", 600, step=0.2)
-        print(f"daemon RSS at the end: {rss(daemon.proc.pid) / 2**20:.0f} MiB")
+        print(f"daemon at the end: {mib(daemon.proc.pid)}")
     finally:
         daemon.proc.terminate()
         daemon.proc.wait(timeout=120)

@@ -52,8 +52,10 @@ __all__ = ["AlgorithmSweep", "LazyFiles", "Listing", "Node", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
-#: Partitions kept per algorithm (~2 arrays of N integers each).
-PARTITION_CACHE = 8
+#: Bytes of partitions kept per snapshot, all algorithms together (a partition of 100,000
+#: photos is ~1.2 MB of arrays plus ~270 B per cluster: 1-14 MB). A walk over the whole mount
+#: (find, du) visits every threshold of every algorithm; this bounds what it leaves behind.
+PARTITION_CACHE_BYTES = 128 * 2**20
 #: Leaf entries kept per snapshot across all leaves, where names are made per leaf (rare).
 LEAF_CACHE_ENTRIES = 1_000_000
 
@@ -347,7 +349,7 @@ class AlgorithmSweep:
         self._ranks: np.ndarray | None = None
         self._folders: dict[str, int] | None = None  # threshold folder name -> threshold
         self._unclustered: dict[int, int] | None = None
-        self._cuts = _LRU(PARTITION_CACHE)
+        self.cuts = _LRU(PARTITION_CACHE_BYTES)  # the snapshot's, shared by its algorithms
         self._table: _LinkTable | None = None
         self._table_lock = threading.Lock()
         self.inherited: _LinkTable | None = None  # the previous snapshot's names
@@ -397,10 +399,11 @@ class AlgorithmSweep:
             return self._ranks
 
     def cut(self, threshold: int) -> _Cut:
-        found = self._cuts.get(threshold)
+        found = self.cuts.get((self.name, threshold))
         if found is None:
             found = _Cut(sweep(self.forest, [threshold], self.ranks())[0], self.forest.n)
-            self._cuts.put(threshold, found)
+            size = 12 * self.forest.n + 270 * len(found.partition.clusters)
+            self.cuts.put((self.name, threshold), found, size)
         return found
 
     def partition(self, threshold: int) -> Partition:
@@ -616,6 +619,9 @@ class Snapshot:
         files = previous._files.handed_on(root, paths) if previous else _Files(root, paths)
         snapshot = cls([AlgorithmSweep(*a, files=files) for a in algorithms], **kwargs)
         snapshot._files = files
+        cuts = _LRU(PARTITION_CACHE_BYTES)
+        for sweep_ in snapshot.algorithms.values():
+            sweep_.cuts = cuts
         if previous is not None:
             for name, sweep_ in snapshot.algorithms.items():
                 before = previous.algorithms.get(name)
