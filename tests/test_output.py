@@ -19,14 +19,19 @@ from hypothesis import strategies as st
 
 from imgclusterd.errors import AlreadyRunning, OutputError
 from imgclusterd.output import (
+    FolderPatch,
     Link,
     OutputTree,
     OutputWriter,
     ThresholdFolder,
+    ThresholdPatch,
+    TreeDelta,
+    WriteHooks,
     area_path,
     folder_links,
     link_name,
 )
+from imgclusterd.output.hooks import SWAP_LINK_MADE
 
 
 class Clock:
@@ -918,3 +923,220 @@ def test_any_sequence_of_writes_reads_back_exactly(tmp_path: Path, data: st.Data
             clock.now += 1
             writer.write(tree)
             assert read_tree(str(Path(scratch) / "out")) == expected(tree)
+
+
+# ---------------------------------------------------------------------- collection from records
+
+
+def delta_between(old: OutputTree, new: OutputTree) -> TreeDelta:
+    """The delta from ``old`` to ``new`` as the cluster stage would hand it: per changed
+    threshold, the clusters gone and each new or changed folder as a patch of a gone one."""
+    delta: dict[str, list[ThresholdPatch]] = {}
+    for algo, sweep in new.items():
+        patches = []
+        for before, after in zip(old[algo], sweep, strict=True):
+            if before == after:
+                continue
+            was = [tuple(c) for c in before.clusters]
+            now = [tuple(c) for c in after.clusters]
+            kept_old, kept_new, i = set(), set(), 0
+            for k, cluster in enumerate(now):  # clusters kept as they were, in order
+                for j in range(i, len(was)):
+                    if was[j] == cluster:
+                        kept_old.add(j)
+                        kept_new.add(k)
+                        i = j + 1
+                        break
+            gone = [j + 1 for j in range(len(was)) if j not in kept_old]
+            free = list(gone)
+            folders = []
+            for k, cluster in enumerate(now):
+                if k in kept_new:
+                    continue
+                base = next((g for g in free if set(was[g - 1]) & set(cluster)), None)
+                base_links = set(was[base - 1]) if base is not None else set()
+                if base is not None:
+                    free.remove(base)
+                folders.append(FolderPatch(k + 1, len(cluster), base,
+                                           sorted(set(cluster) - base_links),
+                                           sorted(base_links - set(cluster))))  # fmt: skip
+            if tuple(before.unclustered) != tuple(after.unclustered):
+                u_old, u_new = set(before.unclustered), set(after.unclustered)
+                folders.append(FolderPatch(0, len(u_new), 0, sorted(u_new - u_old),
+                                           sorted(u_old - u_new)))  # fmt: skip
+            patches.append(ThresholdPatch(after.threshold, len(now), gone, folders))
+        delta[algo] = patches
+    return delta
+
+
+def mutate(tree: OutputTree, links: list[Link], rng: random.Random) -> OutputTree:
+    """One small change, as a refresh after an event makes it: a photo added (unclustered or
+    joining a cluster), removed, or moved between folders at some thresholds."""
+    present = {link for folder in next(iter(tree.values())) for c in
+               [*folder.clusters, folder.unclustered] for link in c}  # fmt: skip
+    absent = [link for link in links if link not in present]
+    op = rng.choice(["add", "remove", "move"])
+    photo = rng.choice(absent) if op == "add" and absent else rng.choice(sorted(present))
+    new: dict[str, list[ThresholdFolder]] = {}
+    for algo, sweep in tree.items():
+        new[algo] = []
+        for folder in sweep:
+            clusters = [[x for x in c if x != photo] for c in folder.clusters]
+            unclustered = [x for x in folder.unclustered if x != photo]
+            if op != "remove" or photo not in present:
+                if clusters and rng.random() < 0.3:
+                    rng.choice(clusters).append(photo)
+                else:
+                    unclustered.append(photo)
+            for c in clusters:
+                if len(c) == 1:
+                    unclustered += c
+            clusters = sorted((c for c in clusters if len(c) > 1), key=len, reverse=True)
+            new[algo].append(ThresholdFolder(folder.threshold, clusters, unclustered))
+    return new
+
+
+def reached(output: Path, generation: str) -> set[str]:
+    """Every object a generation reaches, read from disk (independently of the writer)."""
+    area = area_path(output)
+    found: set[str] = set()
+    todo = [area / "generations" / generation]
+    while todo:
+        folder = todo.pop()
+        for entry in os.scandir(folder):
+            if entry.is_symlink() and os.readlink(entry.path).startswith("../"):
+                digest = os.readlink(entry.path).rsplit("/", 1)[1]
+                if digest not in found:
+                    found.add(digest)
+                    todo.append(area / "objects" / digest)
+    return found
+
+
+def plant_orphan(output: Path, links: list[Link]) -> Path:
+    """An object no generation reaches and no record mentions (what a crash leaves)."""
+    orphan = area_path(output) / "objects" / ("e" * 32)
+    orphan.mkdir()
+    os.symlink(links[0].target, orphan / links[0].name)
+    return orphan
+
+
+def assert_collected(output: Path) -> None:
+    """objects/ holds exactly what the generations on disk reach: nothing reachable was
+    collected, nothing unreachable stayed."""
+    on_disk = generations(output)
+    needed = set().union(*(reached(output, g) for g in on_disk))
+    assert set(os.listdir(area_path(output) / "objects")) == needed
+
+
+def test_delta_writes_collect_from_records_without_walking(tmp_path: Path) -> None:
+    """After a delta write, garbage is found from the generations' records: exactly what no
+    kept generation reaches is collected (an object nothing mentions -- a planted orphan --
+    is not even looked at), and a whole-tree write walks and finds the orphan."""
+    rng = random.Random(11)
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    clock = Clock()
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4)
+    tree = chain_tree(links[:30])
+    writer.write(tree)
+    orphan = plant_orphan(output, links)
+    for _ in range(25):
+        new = mutate(tree, links, rng)
+        clock.now += 1
+        report = writer.write_delta(delta_between(tree, new))
+        tree = new
+        assert report.planned == "delta"
+        assert read_tree(str(output)) == expected(tree)
+        assert orphan.exists()  # a delta write's collection does not list objects/
+        shutil.rmtree(orphan)
+        assert_collected(output)
+        orphan = plant_orphan(output, links)
+        if rng.random() < 0.3:
+            writer.prepare_spares(lambda: False)
+        names = generations(output)
+        assert sorted(os.listdir(area_path(output) / "records")) == names[-len(names):]
+    writer.write(tree)  # the whole tree: collected by a walk, which finds the orphan
+    assert not orphan.exists()
+    assert_collected(output)
+
+
+def test_without_records_a_delta_write_collects_by_a_full_walk(tmp_path: Path) -> None:
+    """An area written before records existed (or whose records are gone): nothing is
+    assumed, the collection walks (and finds a planted orphan)."""
+    rng = random.Random(3)
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    clock = Clock()
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4)
+    tree = chain_tree(links[:30])
+    writer.write(tree)
+    for step in range(6):
+        new = mutate(tree, links, rng)
+        clock.now += 1
+        if step == 3:
+            shutil.rmtree(area_path(output) / "records")
+            (area_path(output) / "records").mkdir()
+            orphan = plant_orphan(output, links)
+        writer.write_delta(delta_between(tree, new))
+        tree = new
+        if step == 3:
+            assert not orphan.exists()
+        assert read_tree(str(output)) == expected(tree)
+        assert_collected(output)
+
+
+class CrashAt(WriteHooks):
+    """A crash at one point of a write: nothing after it runs, not even the cleanup."""
+
+    class Crash(BaseException):
+        pass
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+
+    def at(self, point: str) -> None:
+        if point == self.point:
+            raise CrashAt.Crash(point)
+
+
+def test_a_crash_between_the_record_and_the_swap_loses_nothing(tmp_path: Path) -> None:
+    """The record of the generation being built is on disk, the generation too, OUTPUT still
+    names the previous one: the next process drops both, collects the crash's objects (a
+    walk), and goes on collecting from records."""
+    rng = random.Random(8)
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    clock = Clock()
+    crash = CrashAt("none")
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4, hooks=crash)
+    tree = chain_tree(links[:30])
+    writer.write(tree)
+    for _ in range(3):
+        new = mutate(tree, links, rng)
+        clock.now += 1
+        writer.write_delta(delta_between(tree, new))
+        tree = new
+    before = generations(output)
+    crash.point = SWAP_LINK_MADE
+    new = mutate(mutate(tree, links, rng), links, rng)
+    clock.now += 1
+    with pytest.raises(CrashAt.Crash):
+        writer.write_delta(delta_between(tree, new))
+    records = area_path(output) / "records"
+    assert len(os.listdir(records)) == len(before) + 1  # the unswapped one's record is there
+    assert read_tree(str(output)) == expected(tree)
+    writer.release()
+    # the next process
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4)
+    writer.cleanup()
+    assert generations(output) == before
+    assert sorted(os.listdir(records)) == before
+    assert_collected(output)
+    writer.write(tree)
+    for _ in range(5):
+        new = mutate(tree, links, rng)
+        clock.now += 1
+        writer.write_delta(delta_between(tree, new))
+        tree = new
+        assert read_tree(str(output)) == expected(tree)
+        assert_collected(output)

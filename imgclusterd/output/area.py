@@ -10,6 +10,8 @@ it, ``<parent>/.<name>.imgclusterd/``, which carries a marker file proving we ma
     tmp/                    objects, generations and symlinks under construction
     links/<xx>/<key>        one symlink inode per (name, target); every photo link of every
                             object is a hard link to one of these (see ``linkstore``)
+    records/<generation>    the objects a generation stopped using and started using, against
+                            its parent (see ``retention``): garbage collection without a walk
 
 Damage. Objects are immutable, so a changed one was damaged (a link deleted through
 ``OUTPUT``, a file dropped in). Every object and generation directory is *stamped* when it is
@@ -45,6 +47,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from imgclusterd.errors import AlreadyRunning, OutputError, StoreError
 from imgclusterd.lock import InstanceLock
@@ -71,7 +74,7 @@ _MARKER_TEXT = "imgclusterd output area v1\n"
 DIGEST_RE = re.compile(rf"[0-9a-f]{{{DIGEST_LEN}}}\Z")
 #: ``g<seq>-<ms>-<gdigest>``: sequence number, time it was named (ms), generation digest.
 GENERATION_RE = re.compile(r"g(\d{8,})-(\d+)-([0-9a-f]{16})\Z")
-_TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-", "spare-")
+_TMP_PREFIXES = ("obj-", "rec-", "gen-", "link-", "dead-", "spare-", "record-")
 
 
 def area_path(output: Path) -> Path:
@@ -153,10 +156,12 @@ class Area:
         self.generations = self.root / "generations"
         self.pool = self.root / "pool"
         self.tmp = self.root / "tmp"
+        self.records = self.root / "records"  # per generation: what it retired (retention)
         # Every photo link is a hard link to one inode per (name, target): see linkstore.
         self.links = LinkStore(self.root / "links")
         self.children: dict[str, list[tuple[str, str]]] = {}
         self.reach: dict[str, frozenset[str]] = {}  # generation -> digests (see reachable)
+        self.record_cache: dict[str, Any] = {}  # generation -> its record (see retention)
         self.lock_file = owner_lock_path(output)
         self._owner: InstanceLock | None = None  # held from acquire() to release()
         self._owner_identity: tuple[int, int] | None = None
@@ -224,7 +229,7 @@ class Area:
         self.ensure_folders()
 
     def ensure_folders(self) -> None:
-        for sub in (self.objects, self.generations, self.pool, self.tmp):
+        for sub in (self.objects, self.generations, self.pool, self.tmp, self.records):
             sub.mkdir(exist_ok=True)
 
     def acquire(self) -> None:

@@ -21,6 +21,7 @@ Unchanged thresholds are not touched at all: their digests are reused as they ar
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from .plan import (
     LeafSum,
     Plan,
     PlannedObject,
+    Role,
     ThresholdModel,
     add_links,
     object_digest,
@@ -42,6 +44,8 @@ __all__ = [
     "TreeModel",
     "model_from_plan",
     "plan_delta",
+    "position_changes",
+    "positions",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,6 +155,9 @@ def _apply(
 ) -> ThresholdModel:
     t = old.threshold
     count = len(old.sizes)
+    numbers = [folder.number for folder in patch.patches]
+    if len(set(numbers)) != len(numbers) or len(set(patch.gone)) != len(patch.gone):
+        raise ValueError(f"{algo} t={t}: a folder number given twice")
     gone = sorted(set(patch.gone))
     if gone and (gone[0] < 1 or gone[-1] > count):
         raise ValueError(f"{algo} t={t}: gone cluster out of range")
@@ -212,3 +219,58 @@ def model_from_plan(plan: Plan) -> TreeModel:
         {algo: dict(files) for algo, files in plan.algo_files.items()},
     )
 
+
+
+#: One position of the tree that changed: (object digest, +1 or -1, level, role).
+Change = tuple[str, int, int, Role | None]
+
+
+def positions(model: TreeModel, algo_digests: Mapping[str, str]) -> Counter[str]:
+    """How many places of the tree (algorithm, threshold, cluster or unclustered folder) each
+    object fills: its reference count. Shared objects (the same cluster at several
+    thresholds) count once per place."""
+    refs: Counter[str] = Counter(algo_digests.values())
+    for thresholds in model.algorithms.values():
+        for m in thresholds:
+            refs[m.digest] += 1
+            refs[m.unclustered.digest] += 1
+            refs.update(leaf.digest for leaf in m.leaves)
+    return refs
+
+
+def position_changes(
+    old: TreeModel,
+    new: TreeModel,
+    delta: TreeDelta,
+    old_algos: Mapping[str, str],
+    new_algos: Mapping[str, str],
+) -> list[Change]:
+    """The places a delta emptied (-1) and filled (+1), from the delta alone: the threshold
+    folders it changed, their gone clusters and new or changed folders, the algorithm
+    folders. Every other place keeps its object (renumbered clusters included)."""
+    changes: list[Change] = []
+    for algo, patches in delta.items():
+        before = {m.threshold: m for m in old.algorithms[algo]}
+        after = {m.threshold: m for m in new.algorithms[algo]}
+        for patch in patches:
+            t = patch.threshold
+            o, n = before[t], after[t]
+            changes += [(o.digest, -1, 1, (algo, "t", t)), (n.digest, +1, 1, (algo, "t", t))]
+            for number in patch.gone:
+                changes.append((o.leaves[number - 1].digest, -1, 2, (algo, f"c{number}", t)))
+            for folder in patch.patches:
+                if folder.number == 0:
+                    changes += [
+                        (o.unclustered.digest, -1, 2, (algo, "u", t)),
+                        (n.unclustered.digest, +1, 2, (algo, "u", t)),
+                    ]
+                else:
+                    slot = f"c{folder.number}"
+                    changes.append((n.leaves[folder.number - 1].digest, +1, 2, (algo, slot, t)))
+    for algo in sorted(set(old_algos) | set(new_algos)):
+        if old_algos.get(algo) != new_algos.get(algo):
+            if algo in old_algos:
+                changes.append((old_algos[algo], -1, 0, None))
+            if algo in new_algos:
+                changes.append((new_algos[algo], +1, 0, None))
+    return changes

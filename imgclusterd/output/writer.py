@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,18 @@ from pathlib import Path
 from imgclusterd.errors import OutputError
 
 from .area import Area, area_path, remove_tree
-from .delta import TreeDelta, TreeModel, model_from_plan, plan_delta
+from .delta import (
+    TreeDelta,
+    TreeModel,
+    model_from_plan,
+    plan_delta,
+    position_changes,
+    positions,
+)
 from .hooks import OBJECT_STAGED, WriteHooks, default_hooks
-from .plan import LeafMemo, OutputTree, Plan, PlannedObject, plan_tree
+from .plan import LeafMemo, OutputTree, Plan, PlannedObject, Role, plan_tree
 from .recycle import RECYCLE_MIN, Pool, copy_object
-from .retention import collect
+from .retention import Record, collect, write_record
 
 __all__ = ["OutputWriter", "WriteReport"]
 
@@ -114,6 +122,12 @@ class OutputWriter:
         # retired ancestor of a folder forward to it (see _patch). Kept for a few writes.
         self._lineage: dict[str, tuple[int, str, tuple[str, ...], Mapping[str, str]]] = {}
         self._writes = 0
+        # Of the model's generation: algorithm -> its object, and how many places of the tree
+        # each object fills (the records of delta writes come from these, see retention).
+        self._algo_digests: dict[str, str] = {}
+        self._refs: Counter[str] = Counter()
+        # Collect by a full walk next time: a collection from records failed half-way.
+        self._walk_next = False
 
     # ------------------------------------------------------------------ public
 
@@ -172,8 +186,14 @@ class OutputWriter:
         self._model = None
         plan = plan_tree(tree, extra_files, self._leaf_memo, progress)
         self._leaf_memo = plan.leaf_memo
-        report = self._write_plan(plan, started, progress, purge_now=True)
+        report = self._write_plan(
+            plan, started, progress, purge_now=True, record=lambda current: self._walked(
+                current, plan
+            ),
+        )
         self._model, self._model_generation = model_from_plan(plan), report.generation
+        self._algo_digests = _algo_digests(plan)
+        self._refs = positions(self._model, self._algo_digests)
         if self.lean:
             self._leaf_memo = {}
             self._pool.contents = {}
@@ -218,14 +238,48 @@ class OutputWriter:
                         f"output folder {self._area.objects / leaf} was changed since it was "
                         "written: the whole tree is written (and repaired) instead"
                     )
+        # Its record: the objects whose last place it empties, the ones it gives a first.
+        algo_digests = _algo_digests(plan)
+        changes = position_changes(self._model, model, delta, self._algo_digests, algo_digests)
+        counts = {digest: self._refs.get(digest, 0) for digest, _, _, _ in changes}
+        before = dict(counts)
+        record = Record(self._model_generation)
+        for digest, sign, level, role in changes:
+            counts[digest] += sign
+            if sign < 0:
+                record.retired[digest] = (level, role)
+        record.retired = {d: r for d, r in record.retired.items() if counts[d] <= 0 < before[d]}
+        record.added = {d for d, n in counts.items() if before[d] <= 0 < n}
         self._model = None  # until the write is through: a failed one leaves an unknown state
         self._writes += 1
         oldest = self._writes - _LINEAGE_WRITES
         self._lineage = {d: step for d, step in self._lineage.items() if step[0] > oldest}
-        report = self._write_plan(plan, started, progress, purge_now=False)
+        report = self._write_plan(
+            plan, started, progress, purge_now=False, record=lambda current: record
+        )
         self._model, self._model_generation = model, report.generation
+        self._algo_digests = algo_digests
+        for digest, count in counts.items():
+            if count > 0:
+                self._refs[digest] = count
+            else:
+                self._refs.pop(digest, None)
         report.planned = "delta"
         return report
+
+    def _walked(self, current: str | None, plan: Plan) -> Record:
+        """The record of a whole-tree write: what the current generation reaches (a walk of
+        it, as the whole tree is written anyway) against what the plan holds."""
+        if current is None:
+            return Record(None)
+        roles: dict[str, tuple[int, Role | None]] = {}
+        for digest, level, role in self._area.walk(current):
+            roles.setdefault(digest, (level, role))
+        return Record(
+            current,
+            {d: level_role for d, level_role in roles.items() if d not in plan.objects},
+            {d for d in plan.objects if d not in roles},
+        )
 
     def _write_plan(
         self,
@@ -233,6 +287,7 @@ class OutputWriter:
         started: float,
         progress: Callable[[int, int], None] | None,
         purge_now: bool,
+        record: Callable[[str | None], Record],
     ) -> WriteReport:
         gen_digest = plan.digest
         area = self._area
@@ -261,6 +316,9 @@ class OutputWriter:
                 else:
                     swapped = True
                     name = area.next_name(gen_digest, self.clock())
+                    # Before the generation (and flushed with it): a crash cannot leave a
+                    # generation whose record is missing, only a record nobody needs.
+                    write_record(area, name, record(current))
                     counts.links += area.build_generation(
                         name, plan.generation_links, plan.top_files
                     )
@@ -275,9 +333,10 @@ class OutputWriter:
                     self._purge_later |= unused
                     unused = set()
                 try:
-                    counts.deleted += self._collect(purge=unused)
+                    counts.deleted += self._collect(purge=unused, from_records=not purge_now)
                 except OSError as exc:  # the new generation is current: only tidying failed
                     log.warning("could not collect old output generations: %s", exc)
+                    self._walk_next = True
                 gc_seconds = time.perf_counter() - gc_started
         except OSError as exc:
             # Anything before the swap (area, lock, objects, generation, sync, swap itself):
@@ -352,10 +411,15 @@ class OutputWriter:
 
     # ------------------------------------------------------------------ private
 
-    def _collect(self, purge: set[str], sweep_links: bool = False) -> int:
+    def _collect(
+        self, purge: set[str], sweep_links: bool = False, from_records: bool = False
+    ) -> int:
+        """Collect garbage: from the generations' records after a delta write, by a full walk
+        after a whole-tree write, at clean-up, and after a collection that failed."""
         names = set(os.listdir(self._area.generations))
         self._swapped_at = {n: t for n, t in self._swapped_at.items() if n in names}
-        return collect(
+        walk, self._walk_next = self._walk_next or not from_records, True
+        deleted = collect(
             self._area,
             self._pool,
             keep=self.keep_generations,
@@ -364,7 +428,10 @@ class OutputWriter:
             purge=purge,
             sweep_links=sweep_links,
             swapped_at=self._swapped_at,
+            from_records=not walk,
         )
+        self._walk_next = False
+        return deleted
 
     def _build_failed(self, exc: OSError, pool: set[str]) -> OutputError:
         """Undo what a failed build left (best effort) and say why; ``OUTPUT`` is untouched."""
@@ -507,3 +574,8 @@ class OutputWriter:
         self.hooks.at(OBJECT_STAGED)
         self._area.publish(staging, digest)
         return added, removed
+
+
+def _algo_digests(plan: Plan) -> dict[str, str]:
+    """algorithm -> the digest of its object, from a plan's generation links."""
+    return {algo: link.rsplit("/", 1)[1] for algo, link in plan.generation_links.items()}
