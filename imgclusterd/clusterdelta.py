@@ -164,8 +164,34 @@ def sweep_delta(
     b_hot = np.flatnonzero((b_to_a < 0) | b_touch)  # added or touched
     a_surv, b_surv = ia, ib
 
+    # Below the lightest edge of a changed image (old forest for removed and touched ones,
+    # new forest for added and touched ones) every changed image is a single on its side and
+    # nothing else differs: the graphs of the other images are the same, so are their
+    # components (see the module doc). Those thresholds -- most of a sweep for a photo unlike
+    # the others -- only move singles in and out of the unclustered set; their counts come
+    # from the new forest's degrees, with no labelling of N vertices.
+    quiet_below = min(_lightest(a, a_hot), _lightest(b, b_hot))
+    lightest = np.full(b.n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(lightest, b.u, b.w)
+    np.minimum.at(lightest, b.v, b.w)
+    lightest.sort()
+    quiet_added = b.keys[b_hot]
+    quiet_removed = a.keys[a_hot]
+    quiet_added, quiet_removed = np.sort(quiet_added), np.sort(quiet_removed)
+
     result: dict[int, ThresholdDelta] = {}
     for t in sorted({int(x) for x in thresholds}):
+        if t < quiet_below:
+            linked = int(np.searchsorted(lightest, t, side="right"))  # images with an edge
+            edges = int(np.searchsorted(b.w, t, side="right"))
+            result[t] = ThresholdDelta(
+                threshold=t,
+                clusters=linked - edges,  # a forest: components = vertices - edges
+                unclustered=b.n - linked,
+                unclustered_added=quiet_added,
+                unclustered_removed=quiet_removed,
+            )
+            continue
         a.advance(t)
         b.advance(t)
         result[t] = _delta_at(t, a, b, a_to_b, b_to_a, a_hot, b_hot, a_touch, b_touch,
@@ -318,6 +344,14 @@ def _delta_at(
         unclustered_added=_concat(b_unclustered_added),
         unclustered_removed=_concat(a_unclustered_removed),
     )
+
+
+def _lightest(side: _Side, vertices: np.ndarray) -> int:
+    """The weight of the lightest edge touching any of ``vertices`` (a large value if none)."""
+    hot = np.zeros(side.n, dtype=bool)
+    hot[vertices] = True
+    touching = side.w[hot[side.u] | hot[side.v]]
+    return int(touching.min()) if len(touching) else np.iinfo(np.int32).max
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -27,7 +27,7 @@ from .cluster import ClusterIndex, Forest
 from .clusterdelta import ThresholdDelta, sweep_delta
 from .output import FolderPatch, Link, ThresholdPatch, folder_links, link_name
 
-__all__ = ["AlgorithmState", "link_for", "ranks_of", "tree_patches"]
+__all__ = ["AlgorithmState", "link_for", "tree_patches"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class AlgorithmState:
     ranks: np.ndarray  # vertex -> rank (position of its path)
     packed: np.ndarray  # vertex -> hash row
     position: Mapping[int, int]  # file id -> vertex
-    paths: dict[int, str]  # file id -> relative path
+    paths: Mapping[int, str]  # file id -> relative path
     # hash bytes held by two or more photos -> their file ids (usually empty)
     duplicates: dict[bytes, list[int]] = field(default_factory=dict)
 
@@ -51,12 +51,12 @@ class AlgorithmState:
         cls,
         bits: int,
         index: ClusterIndex[int],
-        paths: dict[int, str],
+        paths: Mapping[int, str],
         rank: Callable[[np.ndarray], np.ndarray],
         previous: AlgorithmState | None = None,
         added: Iterable[int] = (),
     ) -> AlgorithmState:
-        keys = np.asarray(index.keys(), dtype=np.int64)
+        keys = np.asarray(index.key_array(), dtype=np.int64)
         packed = index.packed
         state = cls(bits, index.forest, keys, rank(keys), packed, index.positions, paths)
         if previous is None:
@@ -71,13 +71,6 @@ class AlgorithmState:
     def link(self, key: int, root: str) -> Link:
         """``key``'s link in whatever folder of this algorithm holds it."""
         return link_for(key, self, root)
-
-
-def ranks_of(paths: dict[int, str]) -> Callable[[np.ndarray], np.ndarray]:
-    """keys -> their ranks: the position of each path in path order (the numbering's tie)."""
-    order = sorted(paths, key=paths.__getitem__)
-    rank = {key: i for i, key in enumerate(order)}
-    return lambda keys: np.fromiter((rank[int(k)] for k in keys), dtype=np.int64, count=len(keys))
 
 
 def _base_link(key: int, state: AlgorithmState, root: str) -> Link:
@@ -146,18 +139,36 @@ def tree_patches(
     thresholds: Sequence[int],
     root: str,
     changed: Iterable[int] = (),
+    *,
+    moved: Iterable[int] | None = None,
+    added: Iterable[int] | None = None,
+    removed: Iterable[int] | None = None,
 ) -> tuple[list[ThresholdPatch], list[ThresholdDelta]]:
     """The output patches for one algorithm, and the cluster deltas they come from.
 
-    ``changed``: keys whose hash changed (removed and added back with other bits).
+    ``changed``: keys whose hash changed (removed and added back with other bits). What the
+    caller knows changed -- ``moved`` (keys whose path changed; more is fine), ``added``
+    (keys new to ``new``), ``removed`` (keys ``old`` had and ``new`` lacks) -- spares a
+    comparison of every key and path (O(N) per algorithm, the bulk of a small refresh); when
+    not given it is worked out from the two states.
     """
-    moved = {k for k, path in new.paths.items() if k in old.position and old.paths.get(k) != path}
-    moved &= set(new.position)
-    touched = set(changed) | moved
+    if moved is None:
+        moved = {
+            k for k, path in new.paths.items()
+            if k in old.position and old.paths.get(k) != path
+        }  # fmt: skip
+    touched = {k for k in moved if k in old.position and k in new.position}
+    touched |= set(changed)
     # Keys whose group of equal names changed: their numbering may change with it.
-    old_keys, new_keys = set(old.position), set(new.position)
-    hot = (old_keys ^ new_keys) | touched
-    touched |= (_group_keys(old, hot) | _group_keys(new, hot)) & old_keys & new_keys
+    if added is None or removed is None:
+        hot = set(old.position).symmetric_difference(new.position) | touched
+    else:
+        hot = set(added) | set(removed) | touched
+    touched |= {
+        k
+        for k in _group_keys(old, hot) | _group_keys(new, hot)
+        if k in old.position and k in new.position
+    }
     deltas = sweep_delta(
         old.forest, old.keys, old.ranks, new.forest, new.keys, new.ranks, thresholds,
         touched=np.fromiter(sorted(touched), dtype=np.int64, count=len(touched)),

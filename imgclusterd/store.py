@@ -31,7 +31,18 @@ log = logging.getLogger(__name__)
 
 STORE_NAME = "store.sqlite"
 APPLICATION_ID = 0x49434C44  # "ICLD": tells our store from any other SQLite file
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+def _journal(row_id: str) -> str:
+    """The trigger statement that journals ``row_id`` under the revision being written.
+
+    Not ``INSERT OR IGNORE``: an upsert's own conflict clause overrides a trigger's."""
+    return (
+        f"INSERT INTO changes (revision, file_id) SELECT r, {row_id} FROM (SELECT coalesce("
+        "(SELECT CAST(value AS INTEGER) FROM state WHERE key = 'revision'), 0) + 1 AS r) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM changes WHERE revision = r AND file_id = {row_id});"
+    )
+
 
 # Named migrations, applied in order; each runs in one transaction with the version bump.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -95,6 +106,36 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE files ADD COLUMN flat INTEGER;
         CREATE INDEX files_flat ON files(flat) WHERE flat = 1;
         """,
+    ),
+    (
+        4,
+        "change journal",
+        # Which files changed in which revision, written by triggers (so no code path can
+        # forget it): a refresh after a few changes reads those rows instead of every hash of
+        # every algorithm (14 x N rows). The revision is the one the writing transaction
+        # commits (the current one + 1). Readers that fell behind `journal_floor` (pruned
+        # entries) read everything again.
+        """
+        CREATE TABLE changes (
+            revision INTEGER NOT NULL,
+            file_id  INTEGER NOT NULL,
+            PRIMARY KEY (revision, file_id)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER files_added AFTER INSERT ON files BEGIN {journal(NEW.id)} END;
+        CREATE TRIGGER files_changed
+            AFTER UPDATE OF path, digest, status, decode, gone, updated ON files
+            BEGIN {journal(NEW.id)} END;
+        CREATE TRIGGER files_removed AFTER DELETE ON files BEGIN {journal(OLD.id)} END;
+        CREATE TRIGGER hashes_added AFTER INSERT ON hashes BEGIN {journal(NEW.file_id)} END;
+        CREATE TRIGGER hashes_changed AFTER UPDATE ON hashes BEGIN {journal(NEW.file_id)} END;
+        CREATE TRIGGER hashes_removed AFTER DELETE ON hashes BEGIN {journal(OLD.file_id)} END;
+        INSERT INTO state (key, value) VALUES ('journal_floor',
+            (SELECT coalesce((SELECT value FROM state WHERE key = 'revision'), '0')))
+        ON CONFLICT(key) DO UPDATE SET value = excluded.value
+        """.replace("{journal(NEW.id)}", _journal("NEW.id"))
+        .replace("{journal(OLD.id)}", _journal("OLD.id"))
+        .replace("{journal(NEW.file_id)}", _journal("NEW.file_id"))
+        .replace("{journal(OLD.file_id)}", _journal("OLD.file_id")),
     ),
 ]
 
@@ -230,9 +271,8 @@ class Store:
         with self.transaction():
             for number, name, sql in pending:
                 log.debug("store: applying migration %d (%s)", number, name)
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                for statement in _statements(sql):
+                    self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {number}")
             self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
@@ -497,14 +537,60 @@ class Store:
 
     # -- hashes -----------------------------------------------------------------------------
 
-    def hashes(self, algorithm: str, decode: str) -> list[tuple[int, str, bytes]]:
-        """(file id, relative path, packed bits) of every hashed file for one algorithm."""
-        rows = self._db.execute(
+    def hashes(
+        self, algorithm: str, decode: str, ids: Iterable[int] | None = None
+    ) -> list[tuple[int, str, bytes]]:
+        """(file id, relative path, packed bits) of every hashed file for one algorithm, or
+        of those among ``ids``."""
+        query = (
             "SELECT f.id, f.path, h.bits FROM hashes h JOIN files f ON f.id = h.file_id "
-            "WHERE h.algorithm = ? AND h.decode = ? AND f.status = 'hashed' AND f.gone IS NULL",
-            (algorithm, decode),
+            "WHERE h.algorithm = ? AND h.decode = ? AND f.status = 'hashed' AND f.gone IS NULL"
         )
-        return [(row[0], os.fsdecode(row[1]), row[2]) for row in rows]
+        if ids is None:
+            rows = self._db.execute(query, (algorithm, decode))
+            return [(row[0], os.fsdecode(row[1]), row[2]) for row in rows]
+        found = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"{query} AND f.id IN ({marks})", (algorithm, decode, *chunk))
+            found += [(row[0], os.fsdecode(row[1]), row[2]) for row in rows]
+        return found
+
+    def photo_paths(self, ids: Iterable[int] | None = None) -> dict[int, str]:
+        """file id -> relative path of the hashed, present files (all, or among ``ids``)."""
+        query = "SELECT id, path FROM files WHERE status = 'hashed' AND gone IS NULL"
+        if ids is None:
+            return {row[0]: os.fsdecode(row[1]) for row in self._db.execute(query)}
+        found: dict[int, str] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"{query} AND id IN ({marks})", chunk)
+            found.update((row[0], os.fsdecode(row[1])) for row in rows)
+        return found
+
+    # -- the change journal (migration 4) ---------------------------------------------------
+
+    def changed_since(self, revision: int) -> list[int] | None:
+        """Ids of the files whose row or hashes changed after ``revision`` (whether they
+        still exist or not), or None when the journal no longer reaches back that far (it
+        was pruned past it): the reader must then read everything. Call inside
+        :meth:`snapshot` together with :meth:`revision`."""
+        if revision < int(self.get_state("journal_floor") or 0):
+            return None
+        rows = self._db.execute(
+            "SELECT DISTINCT file_id FROM changes WHERE revision > ?", (revision,)
+        )
+        return [row[0] for row in rows]
+
+    def prune_changes(self, upto: int) -> int:
+        """Drop the journal up to revision ``upto`` (a reader behind it reads everything
+        again). Call inside a ``transaction(revise=False)``."""
+        floor = int(self.get_state("journal_floor") or 0)
+        if upto <= floor:
+            return 0
+        count = self._db.execute("DELETE FROM changes WHERE revision <= ?", (upto,)).rowcount
+        self.set_state("journal_floor", upto)
+        return count
 
     # -- counts and state (for status) -----------------------------------------------------
 
@@ -558,6 +644,29 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
         )
+
+
+def _chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
+    """``ids`` in lists short enough for one ``IN (...)`` (SQLite limits host parameters)."""
+    batch: list[int] = []
+    for file_id in ids:
+        batch.append(int(file_id))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """The statements of a script, whole: a trigger's body holds ``;`` of its own."""
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
 
 
 def _facts5(facts: Facts) -> tuple[int, int, int, int, int | None]:

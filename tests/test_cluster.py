@@ -418,7 +418,7 @@ def test_cluster_index_rank_of_and_changes() -> None:
 
 def test_public_surface() -> None:
     assert set(cluster.__all__) == {
-        "REBUILD_SHARE", "ClusterIndex", "Forest", "KeyPartition", "Partition",
+        "REBUILD_SHARE", "ClusterIndex", "Forest", "KeyPartition", "Partition", "build_indexes",
         "distance_matrix_rows", "extend_forest", "remove_from_forest", "spanning_forest",
         "spanning_forests", "sweep",
     }
