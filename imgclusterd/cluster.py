@@ -46,6 +46,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 __all__ = [
     "REBUILD_SHARE",
+    "BuildStopped",
     "ClusterIndex",
     "Forest",
     "KeyPartition",
@@ -176,7 +177,21 @@ def _make_forest(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray, limit: int
     )
 
 
-def _prim_lockstep(words_list: list[np.ndarray], limits: list[int], n: int) -> list[Forest]:
+class BuildStopped(Exception):
+    """A from-scratch build gave up because ``should_stop()`` said so (the daemon stopping)."""
+
+
+#: Steps of Prim's loop between two looks at ``should_stop`` (a step at 100,000 photos and 14
+#: algorithms is a few milliseconds, so a stop is noticed within a second or two).
+_STOP_CHECK_STEPS = 256
+
+
+def _prim_lockstep(
+    words_list: list[np.ndarray],
+    limits: list[int],
+    n: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Forest]:
     """Prim's algorithm for several hash sets over the same N vertices, one Python loop.
 
     Each algorithm keeps its own vertex order: the vertices outside its tree occupy positions
@@ -219,6 +234,8 @@ def _prim_lockstep(words_list: list[np.ndarray], limits: list[int], n: int) -> l
 
     m = n - 1  # vertex at position n-1 starts every tree
     for step in range(n - 1):
+        if should_stop is not None and step % _STOP_CHECK_STEPS == 0 and should_stop():
+            raise BuildStopped(f"stopped at step {step} of {n - 1}")
         for stacked, rows, xor, pop in groups:
             np.bitwise_xor(stacked[:, :, :m], stacked[:, :, m : m + 1], out=xor[:, :, :m])
             np.bitwise_count(xor[:, :, :m], out=pop[:, :, :m])
@@ -251,12 +268,17 @@ def _prim_lockstep(words_list: list[np.ndarray], limits: list[int], n: int) -> l
 
 
 def spanning_forests(
-    packed_list: Sequence[np.ndarray], limits: Sequence[int], workers: int = 1
+    packed_list: Sequence[np.ndarray],
+    limits: Sequence[int],
+    workers: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Forest]:
     """:func:`spanning_forest` for several hash sets of the same N images (e.g. 14 algorithms).
 
     ``workers > 1`` splits the algorithms into that many lockstep groups of about equal word
     counts and runs them in threads (numpy releases the GIL inside the distance passes).
+    ``should_stop()`` is asked every few hundred steps; when it says yes,
+    :class:`BuildStopped` is raised.
     """
     if len(packed_list) != len(limits):
         raise ValueError("need one limit per hash set")
@@ -268,7 +290,7 @@ def spanning_forests(
     limit_list = [int(x) for x in limits]
     workers = max(1, min(workers, len(words_list)))
     if workers == 1:
-        return _prim_lockstep(words_list, limit_list, n)
+        return _prim_lockstep(words_list, limit_list, n, should_stop)
     # Greedy balance by word count (the cost of a step is proportional to it).
     bins: list[list[int]] = [[] for _ in range(workers)]
     loads = [0] * workers
@@ -286,6 +308,7 @@ def spanning_forests(
                     [words_list[a] for a in members],
                     [limit_list[a] for a in members],
                     n,
+                    should_stop,
                 ),
             )
             for members in bins
@@ -531,13 +554,17 @@ def _merge(labels: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def build_indexes(
-    jobs: Sequence[tuple[ClusterIndex[Any], Sequence[Any], np.ndarray]], workers: int = 1
+    jobs: Sequence[tuple[ClusterIndex[Any], Sequence[Any], np.ndarray]],
+    workers: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Load every ``(index, keys, packed)`` and build their forests from scratch together.
 
     Why together: :func:`spanning_forests` runs the algorithms that cover the same keys in one
     lockstep Prim loop, split over ``workers`` threads, instead of one loop after the other
     (a cold start of the 14 default algorithms at 100,000 photos is dominated by this).
+    Raises :class:`BuildStopped` when ``should_stop()`` says so (indexes not loaded yet stay
+    as they were).
     """
     groups: dict[tuple[Any, ...], list[int]] = {}
     for number, (_, keys, _) in enumerate(jobs):
@@ -547,6 +574,7 @@ def build_indexes(
             [np.ascontiguousarray(jobs[m][2]) for m in members],
             [jobs[m][0].limit for m in members],
             workers=workers,
+            should_stop=should_stop,
         )
         for m, forest in zip(members, forests, strict=True):
             index, keys, packed = jobs[m]

@@ -24,7 +24,7 @@ import numpy as np
 from . import reconcile
 from .algorithms import Algorithm, hash_hex
 from .catalog import Catalog, CatalogSync
-from .cluster import ClusterIndex, Forest, build_indexes
+from .cluster import BuildStopped, ClusterIndex, Forest, build_indexes
 from .config import Config
 from .errors import ConfigError, ImagesFolderError, StoreError
 from .explorer import (
@@ -33,6 +33,7 @@ from .explorer import (
     PAGE_VERSION,
     ExplorerAlgorithm,
     ExplorerPhoto,
+    PageMemo,
     page_files,
 )
 from .fsinfo import filesystem_type, is_network_filesystem
@@ -64,6 +65,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Store revisions of the change journal kept for readers that follow the store.
+JOURNAL_KEEP = 100
 
 #: phase ("scanning", "hashing", "clustering", "writing"), done, total.
 Progress = Callable[[str, int, int], None]
@@ -169,6 +173,7 @@ class Pipeline:
         self._explorer_photos: dict[int, ExplorerPhoto] = {}  # cache, see _explorer_page
         self._explorer_stale: set[int] = set()
         self._explorer_thumbnails: object = None
+        self._page_memo = PageMemo()
         # What the output last received per algorithm (see incremental): set only after a
         # successful write, so a failed one makes the next refresh plan the whole tree.
         self._states: dict[str, AlgorithmState] = {}
@@ -397,7 +402,10 @@ class Pipeline:
 
     def snapshot(self, label: str = "") -> Snapshot:
         """The output tree as of the store, for serving on demand (see imgclusterd.view)."""
-        self._sync_indexes()
+        try:
+            self._sync_indexes()
+        except BuildStopped:  # stopping: the caller drops this snapshot
+            return Snapshot.build(os.fspath(self.images), {}, [], label=label)
         # A copy: the snapshot is served while later refreshes update the catalog in place.
         paths = dict(self.catalog.paths)
         sweeps = []
@@ -747,7 +755,10 @@ class Pipeline:
         states to keep once the output has them)."""
         tree: dict[str, list[ThresholdFolder]] = {}
         patches: dict[str, list[ThresholdPatch]] = {}
-        sync, updates = self._sync_indexes()
+        try:
+            sync, updates = self._sync_indexes()
+        except BuildStopped:  # stopping (the caller sees the stop event): nothing to plan
+            return tree, None, {}
         # A catalog read again in full knows nothing of what moved: plan the whole tree.
         incremental = (
             bool(states) and not sync.full and all(a.name in states for a in self.algorithms)
@@ -861,11 +872,28 @@ class Pipeline:
                     index.update(added, removed)
                 updates[algorithm.name] = (list(added), changed, removed)
         if cold:
-            build_indexes(cold, workers=self.config.worker_count)
+            tick = time.perf_counter()
+            build_indexes(cold, workers=self.config.worker_count, should_stop=self.stop.is_set)
+            log.info("built %d spanning forests of %d photos from scratch in %.1f s",
+                     len(cold), len(cold[0][1]), time.perf_counter() - tick)
         self._explorer_stale.update(sync.ids)
         if sync.full:
             self._explorer_photos = {}
+        self._prune_journal(sync.revision)
         return sync, updates
+
+    def _prune_journal(self, revision: int) -> None:
+        """Keep the store's change journal short: what this pipeline has read, but the last
+        ``JOURNAL_KEEP`` revisions (for a reader that follows the store, ``imgclusterd
+        mount``; one that falls further behind reads everything once)."""
+        if self.store.readonly:
+            return
+        floor = int(self.store.get_state("journal_floor") or 0)
+        if revision - floor > 2 * JOURNAL_KEEP:
+            with self.store.transaction(revise=False):
+                pruned = self.store.prune_changes(revision - JOURNAL_KEEP)
+            log.debug("change journal: %d entries up to revision %d dropped", pruned,
+                      revision - JOURNAL_KEEP)
 
     def _explorer_page(self) -> dict[str, bytes]:
         """The explorer page's files for the generation's root, from the forests just used.
@@ -911,7 +939,7 @@ class Pipeline:
             )
             for a in self.algorithms
         ]
-        return page_files(photos, algorithms)
+        return page_files(photos, algorithms, self._page_memo, root=os.fspath(self.images))
 
     def _fingerprint(self) -> str:
         # The store revision ties the output to the data it was built from: a run killed after
@@ -964,6 +992,7 @@ class StoreView(Pipeline):
         self._explorer_photos = {}
         self._explorer_stale = set()
         self._explorer_thumbnails = None
+        self._page_memo = PageMemo()
         self._served = None
         self.explorer_seconds = 0.0
         self._revision: int | None = None

@@ -4,12 +4,17 @@ fresh read of the whole store."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
+import imgclusterd.pipeline as pipeline_module
 from imgclusterd.catalog import Catalog
 from imgclusterd.config import load_config
 from imgclusterd.pipeline import Pipeline
@@ -124,3 +129,69 @@ def test_a_small_refresh_reads_only_the_changed_hashes(workspace: Workspace) -> 
     assert hash_reads, "the refresh read no hashes at all"
     # Every read of hashes names the changed files; none reads a whole algorithm.
     assert all(" IN (" in s for s in hash_reads), hash_reads[:3]
+
+
+def test_the_pipeline_keeps_the_journal_short(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = workspace
+    monkeypatch.setattr(pipeline_module, "JOURNAL_KEEP", 1)
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output, ws.state))
+    with Pipeline(config.config) as pipeline:
+        pipeline.refresh()
+        follower = Catalog(pipeline.store)
+        with pipeline.store.snapshot():
+            follower.sync()
+        for seed in range(4):
+            new = photo(ws.images / "new", f"p{seed}.jpg", 20 + seed)
+            pipeline.refresh(dirty=[str(new)])
+        ws.snapshot()
+        store = pipeline.store
+        revision = store.revision()
+        entries = store._db.execute("SELECT min(revision), count(*) FROM changes").fetchone()
+        assert entries[0] is None or entries[0] >= revision - 2, entries
+        with store.snapshot():
+            assert follower.sync().full  # fell behind the pruned journal: read everything
+        assert follower.paths == pipeline.catalog.paths
+
+
+def test_explorer_page_after_changes_equals_a_fresh_build(workspace: Workspace) -> None:
+    """The page's per-photo cache (records, thumbnails, quoted names) follows renames, new
+    photos, removals and new thumbnails: a pipeline that refreshed many times writes the same
+    page as one that reads the store fresh."""
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output, ws.state))
+    with Pipeline(config.config) as pipeline:
+        pipeline.refresh()
+        first = photo(ws.images / "new", "one photo.jpg", 31)
+        second = photo(ws.images / "new", "two.jpg", 32)
+        pipeline.refresh(dirty=[str(first), str(second)])
+        renamed = first.with_name("renamed & moved.jpg")
+        first.rename(renamed)
+        pipeline.refresh(dirty=[str(first), str(renamed)])
+        second.unlink()
+        pipeline.refresh(dirty=[str(second)])
+        pipeline.make_thumbnails()
+        ws.snapshot()
+        page = pipeline._explorer_page()
+    with Pipeline(config.config) as fresh:
+        fresh._sync_indexes()
+        again = fresh._explorer_page()
+    assert again.keys() == page.keys()
+    before, after = page_data(page), page_data(again)
+    assert "renamed & moved.jpg" in str(before["names"]) and "two.jpg" not in str(before)
+    # Equal-weight edges make more than one minimum spanning forest: the incremental one may
+    # differ from a fresh one in which of them it holds, never in its weights.
+    for data in (before, after):
+        for algorithm in data["algorithms"]:
+            blob = base64.b64decode(algorithm.pop("edges"))
+            count = algorithm["edgeCount"]
+            algorithm["weights"] = np.frombuffer(blob[8 * count :], dtype="<u2").tolist()
+    assert before == after
+
+
+def page_data(files: dict[str, bytes]) -> dict[str, Any]:
+    """The JSON inside explorer-data.js (``JSON.parse('...')`` of one escaped string)."""
+    text = files["explorer-data.js"].decode("ascii")
+    literal = text[text.index("JSON.parse('") + len("JSON.parse('") : text.rindex("');")]
+    return dict(json.loads(literal.replace("\\'", "'").replace("\\\\", "\\")))

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 import imgclusterd.cluster as cluster
 from imgclusterd.cluster import (
+    BuildStopped,
     ClusterIndex,
     Forest,
     KeyPartition,
     Partition,
+    build_indexes,
     distance_matrix_rows,
     extend_forest,
     remove_from_forest,
@@ -418,7 +420,31 @@ def test_cluster_index_rank_of_and_changes() -> None:
 
 def test_public_surface() -> None:
     assert set(cluster.__all__) == {
-        "REBUILD_SHARE", "ClusterIndex", "Forest", "KeyPartition", "Partition", "build_indexes",
+        "REBUILD_SHARE", "BuildStopped", "ClusterIndex", "Forest", "KeyPartition", "Partition",
+        "build_indexes",
         "distance_matrix_rows", "extend_forest", "remove_from_forest", "spanning_forest",
         "spanning_forests", "sweep",
     }
+
+
+def test_build_indexes_builds_in_lockstep_and_stops_when_asked() -> None:
+    rng = np.random.default_rng(3)
+    packed = [rng.integers(0, 256, (600, nbytes), dtype=np.uint8) for nbytes in (8, 8, 32)]
+    keys = [f"k{i:04d}" for i in range(600)]
+    indexes: list[ClusterIndex[str]] = [ClusterIndex(limit=12, nbytes=p.shape[1]) for p in packed]
+    build_indexes(list(zip(indexes, [keys] * 3, packed, strict=True)), workers=2)
+    for index, rows in zip(indexes, packed, strict=True):
+        alone: ClusterIndex[str] = ClusterIndex(limit=12, nbytes=rows.shape[1])
+        alone.update(dict(zip(keys, (r.tobytes() for r in rows), strict=True)))
+        assert index.keys() == keys
+        assert index.sweep([4, 12]) == alone.sweep([4, 12])
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # yes on the second look
+
+    fresh: ClusterIndex[str] = ClusterIndex(limit=12, nbytes=8)
+    with pytest.raises(BuildStopped):
+        build_indexes([(fresh, keys, packed[0])], should_stop=stop)
+    assert len(fresh) == 0  # nothing half-loaded

@@ -45,6 +45,7 @@ __all__ = [
     "EdgeList",
     "ExplorerAlgorithm",
     "ExplorerPhoto",
+    "PageMemo",
     "page_files",
 ]
 
@@ -104,17 +105,35 @@ def _page_version() -> str:
     return digest.hexdigest()[:12]
 
 
+class PageMemo:
+    """What :func:`page_files` worked out per photo (display name, URL, thumbnail URL), kept
+    between calls: the daemon writes the page on every refresh, and quoting and relativising
+    every photo's paths again cost ~1 s at 20,000 photos for one new photo."""
+
+    def __init__(self) -> None:
+        self.roots: tuple[str, str | None] | None = None
+        self.entries: dict[ExplorerPhoto, tuple[str, str | None, str]] = {}
+
+
 def page_files(
-    photos: Sequence[ExplorerPhoto], algorithms: Sequence[ExplorerAlgorithm]
+    photos: Sequence[ExplorerPhoto],
+    algorithms: Sequence[ExplorerAlgorithm],
+    memo: PageMemo | None = None,
+    root: str | None = None,
 ) -> dict[str, bytes]:
-    """The explorer's files for a generation's root: file name -> content."""
+    """The explorer's files for a generation's root: file name -> content. ``memo``: kept by
+    a caller that writes the page again and again (same result, less work). ``root``: the
+    images folder, when every photo's ``target`` is ``root/path`` (else worked out)."""
     files = {name: _static(name) for name in PAGE_FILES}
-    files[DATA_FILE] = data_script(photos, algorithms)
+    files[DATA_FILE] = data_script(photos, algorithms, memo, root)
     return files
 
 
 def data_script(
-    photos: Sequence[ExplorerPhoto], algorithms: Sequence[ExplorerAlgorithm]
+    photos: Sequence[ExplorerPhoto],
+    algorithms: Sequence[ExplorerAlgorithm],
+    memo: PageMemo | None = None,
+    root: str | None = None,
 ) -> bytes:
     """The generated data file (see the module doc for its layout)."""
     order = sorted(range(len(photos)), key=lambda i: photos[i].path)
@@ -122,17 +141,32 @@ def data_script(
     rank[order] = np.arange(len(photos))
     ranked = [photos[i] for i in order]
 
-    photo_root = _photo_root(ranked)
+    photo_root = root if root is not None else _photo_root(ranked)
     thumbs = [p.thumbnail for p in ranked]
     thumb_root = _common_folder([t for t in thumbs if t is not None])
+    memo = memo if memo is not None else PageMemo()
+    if memo.roots != (photo_root, thumb_root):
+        memo.roots, memo.entries = (photo_root, thumb_root), {}
+    known, memo.entries = memo.entries, {}  # only the photos of this page are kept
     names: list[str] = []
     urls: dict[str, str] = {}
+    thumb_urls: list[str] = []
     for i, photo in enumerate(ranked):
-        name = _display(photo.path)
-        names.append(name)
-        rel = _url_path(_relative(photo.target, photo_root))
-        if rel != name or not _URL_PLAIN.fullmatch(name):
-            urls[str(i)] = rel
+        entry = known.get(photo)
+        if entry is None:
+            name = _display(photo.path)
+            rel = _url_path(_relative(photo.target, photo_root))
+            url = rel if rel != name or not _URL_PLAIN.fullmatch(name) else None
+            thumb = (
+                "" if photo.thumbnail is None or thumb_root is None
+                else _url_path(_relative(photo.thumbnail, thumb_root))
+            )  # fmt: skip
+            entry = (name, url, thumb)
+        memo.entries[photo] = entry
+        names.append(entry[0])
+        if entry[1] is not None:
+            urls[str(i)] = entry[1]
+        thumb_urls.append(entry[2])
     data: dict[str, Any] = {
         "version": _DATA_VERSION,
         "photoRoot": _file_url(photo_root) if ranked else "",
@@ -141,9 +175,7 @@ def data_script(
     }
     if thumb_root is not None:
         data["thumbRoot"] = _file_url(thumb_root)
-        data["thumbs"] = [
-            "" if t is None else _url_path(_relative(t, thumb_root)) for t in thumbs
-        ]
+        data["thumbs"] = thumb_urls
     flat = [i for i, p in enumerate(ranked) if p.flat]
     if flat:
         data["flat"] = flat
