@@ -30,6 +30,7 @@ all): only the measurements after the index are then repeated.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -343,9 +344,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, debounce {args.debounce}s, "
           f"gap {args.gap}s, generation_grace "
           f"{'default' if args.grace is None else args.grace}", flush=True)
+    results = []
     for n in args.n:
-        bench(n, args)
+        results.append(bench(n, args))
+        (args.dir / "results.json").write_text(json.dumps(results, indent=1))
+    print_summary(results)
     return 0
+
+
+def print_summary(results: list[dict[str, Any]]) -> None:
+    """One line per N, and each N's +1 against the first N's (the issue's ratio)."""
+    base = results[0].get("add_one_median") if results else None
+    print("\nN        +1 median  vs first N  -1       rename   +100     idle RSS/PSS MB")
+    for r in results:
+        median = r.get("add_one_median")
+        ratio = f"{median / base:.2f}x" if median and base else "-"
+        idle = r.get("memory_idle", {})
+        print(
+            f"{r['n']:<8} {median or float('nan'):>7.2f} s  {ratio:>9}  "
+            f"{r.get('delete_one', {}).get('total', float('nan')):>6.2f} s "
+            f"{r.get('rename_one', {}).get('total', float('nan')):>6.2f} s "
+            f"{r.get('add_burst', {}).get('total', float('nan')):>6.2f} s "
+            f"{idle.get('rss_mb', float('nan')):>7.0f}/{idle.get('pss_mb', float('nan')):.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
