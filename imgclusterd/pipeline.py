@@ -769,6 +769,7 @@ class Pipeline:
         # What the previous output showed for the photos this sync changed (the catalog's
         # dict is updated in place).
         old_paths = ChainMap(sync.old_paths, paths)
+        targets: dict[int, str] | None = None  # absolute link targets, for a whole tree
         for done, algorithm in enumerate(self.algorithms):
             index = self._indexes[algorithm.name]
             added, changed, removed = updates[algorithm.name]
@@ -789,11 +790,15 @@ class Pipeline:
                 if self.stop.is_set():
                     break
                 continue
+            if targets is None:
+                # One target string per photo for every algorithm (at 100,000 photos, 14
+                # copies were ~150 MB of the whole-tree plan).
+                targets = {file_id: os.path.join(root, path) for file_id, path in paths.items()}
             links = {
                 file_id: Link(
                     name=_link_name(paths[file_id], hash_hex(index.hash_of(file_id),
                                                              algorithm.bits)),
-                    target=os.path.join(root, paths[file_id]),
+                    target=targets[file_id],
                 )
                 for file_id in index.key_array().tolist()
             }
