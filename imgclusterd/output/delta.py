@@ -11,8 +11,10 @@ as a :class:`FolderPatch` of its base folder), and :func:`plan_delta` plans from
   digest comes from the base's (leaf digests are additive set hashes, see
   :func:`~imgclusterd.output.plan.leaf_digest`), so nothing of the unchanged part is read,
   named, validated or hashed;
-- a threshold folder whose clusters changed is re-listed from the model (its entries are
-  ``<CCC>_<size> -> ../<leaf>``: one per cluster, renumbered ones included);
+- a threshold folder whose clusters changed is a patch of its old folder as well (its entries
+  are ``<CCC>_<size> -> ../<leaf>``, its digest the same kind of set hash): only the entries
+  between the first and the last changed cluster number -- through the end when the number of
+  clusters changed, since the numbers after it shift -- and the unclustered entry are named;
 - the algorithm folders are re-listed (one entry per threshold), the generation is new.
 
 Unchanged thresholds are not touched at all: their digests are reused as they are.
@@ -89,15 +91,6 @@ class TreeModel:
 
     algorithms: dict[str, list[ThresholdModel]] = field(default_factory=dict)
     algo_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
-
-
-def _threshold_entries(model: ThresholdModel) -> dict[str, str]:
-    entries = {
-        cluster_name(i, size): "../" + leaf.digest
-        for i, (size, leaf) in enumerate(zip(model.sizes, model.leaves, strict=True), 1)
-    }
-    entries[unclustered_name(model.unclustered.count)] = "../" + model.unclustered.digest
-    return entries
 
 
 def _algo_entries(thresholds: Sequence[ThresholdModel]) -> dict[str, str]:
@@ -205,11 +198,54 @@ def _apply(
         leaves.insert(number - 1, leaf)
     if len(sizes) != patch.clusters:
         raise ValueError(f"{algo} t={t}: {len(sizes)} clusters planned, {patch.clusters} expected")
-    model = ThresholdModel(t, sizes, leaves, unclustered, "")
-    entries = _threshold_entries(model)
-    model.digest = object_digest(entries)
-    objects.setdefault(model.digest, PlannedObject(entries, 1, (algo, "t", t)))
+    # The threshold folder is a patch of the old one too: only the entries whose number,
+    # size or leaf changed (none before the first changed number, and none after the last
+    # one unless the count of clusters changed) are named, hashed and written.
+    changed = [number for number in (*gone, *(f.number for f in patch.patches)) if number]
+    removed, added = _threshold_diff(old, sizes, leaves, unclustered, changed)
+    total = add_links(add_links(old.entries, removed.items(), -1), added.items(), +1)
+    model = ThresholdModel(t, sizes, leaves, unclustered, total)
+    if model.digest != old.digest:
+        objects.setdefault(
+            model.digest,
+            PlannedObject(
+                added, 1, (algo, "t", t), base=old.digest, removed=tuple(removed),
+                size=total.count,
+            ),
+        )
     return model
+
+
+def _threshold_diff(
+    old: ThresholdModel,
+    sizes: Sequence[int],
+    leaves: Sequence[LeafSum],
+    unclustered: LeafSum,
+    changed: Sequence[int],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Entries of the old threshold folder that go, and of the new one that come."""
+    removed: dict[str, str] = {}
+    added: dict[str, str] = {}
+    if changed:
+        start = min(changed) - 1
+        n_old, n_new = len(old.sizes), len(sizes)
+        stop = max(changed) if n_old == n_new else max(n_old, n_new)
+        for p in range(start, stop):
+            was = (old.sizes[p], old.leaves[p]) if p < n_old else None
+            now = (sizes[p], leaves[p]) if p < n_new else None
+            if was == now:
+                continue
+            if was is not None:
+                removed[cluster_name(p + 1, was[0])] = "../" + was[1].digest
+            if now is not None:
+                added[cluster_name(p + 1, now[0])] = "../" + now[1].digest
+    if unclustered != old.unclustered:
+        removed[unclustered_name(old.unclustered.count)] = "../" + old.unclustered.digest
+        added[unclustered_name(unclustered.count)] = "../" + unclustered.digest
+    for name in removed.keys() & added.keys():  # same name, same target: no change
+        if removed[name] == added[name]:
+            del removed[name], added[name]
+    return removed, added
 
 
 def model_from_plan(plan: Plan) -> TreeModel:

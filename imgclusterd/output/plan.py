@@ -13,10 +13,10 @@ Objects form a Merkle DAG of three levels::
 
 An object's digest is a hash of exactly its entries (names and symlink targets, or file
 contents), so equal folders are one object: the same cluster at consecutive thresholds, and
-everything that did not change since the last generation. Algorithm and threshold objects use
-:func:`object_digest`; leaves use :func:`leaf_digest`, an additive set hash (the sum of one
-128-bit hash per entry, with the count), so that a leaf patched with a few links gets its new
-digest from its old one without reading the rest (see ``delta``).
+everything that did not change since the last generation. Algorithm objects use
+:func:`object_digest`; leaves and threshold objects use :func:`leaf_digest`, an additive set
+hash (the sum of one 128-bit hash per entry, with the count), so that a folder patched with a
+few entries gets its new digest from its old one without reading the rest (see ``delta``).
 
 Each planned object carries its :data:`Role` (algorithm, slot, threshold): where it sat in the
 tree, so that a retired object of the same role can be recycled into it (see ``recycle``).
@@ -159,13 +159,17 @@ class PlannedObject:
 @dataclass
 class ThresholdModel:
     """One threshold folder as planned: cluster sizes and leaves in number order, the
-    unclustered leaf, the folder's digest. What a delta plan starts from (see ``delta``)."""
+    unclustered leaf, the folder's set hash. What a delta plan starts from (see ``delta``)."""
 
     threshold: int
     sizes: list[int]
     leaves: list[LeafSum]
     unclustered: LeafSum
-    digest: str
+    entries: LeafSum  # of the folder's own entries (``001_5 -> ../<leaf>``...)
+
+    @property
+    def digest(self) -> str:
+        return self.entries.digest
 
 
 @dataclass
@@ -275,10 +279,11 @@ def plan_tree(
             unclustered = len(folder.unclustered)
             unclustered_sum = leaf(folder.unclustered, (algo, "u", t))
             entries[unclustered_name(unclustered)] = "../" + unclustered_sum.digest
-            digest = object_digest(entries)
+            entries_sum = leaf_digest(entries)
+            digest = entries_sum.digest
             models.setdefault(algo, []).append(
                 ThresholdModel(
-                    t, [len(c) for c in folder.clusters], leaves, unclustered_sum, digest
+                    t, [len(c) for c in folder.clusters], leaves, unclustered_sum, entries_sum
                 )
             )
             objects.setdefault(digest, PlannedObject(entries, 1, (algo, "t", t)))

@@ -215,9 +215,10 @@ class OutputWriter:
     ) -> WriteReport:
         """As :meth:`write`, for the tree of the current generation changed by ``delta``.
 
-        Only the changed folders are planned: leaves as patches of their base folder (a spare
-        copy of it from ``pool/`` when there is one, else a hard-link copy of it), threshold
-        and algorithm folders re-listed; unchanged folders are reused as they are. Raises
+        Only the changed folders are planned: leaves and threshold folders as patches of their
+        base folder (a spare copy of it from ``pool/`` when there is one, else a hard-link
+        copy of it), algorithm folders re-listed; unchanged folders are reused as they are,
+        neither listed nor checked (the bases are: a stamp each). Raises
         ValueError when :meth:`can_patch` is false or the delta does not fit the tree (then
         write the whole tree with :meth:`write`).
         """
@@ -470,7 +471,7 @@ class OutputWriter:
                 progress(done, total)
             if obj.level > 0 and obj.base is None:
                 pool.contents[digest] = obj.links
-            if obj.level < 2:
+            if obj.level < 2 and obj.base is None:  # (a patch's links are its difference)
                 area.children[digest] = [
                     (name, target.rsplit("/", 1)[1]) for name, target in obj.links.items()
                 ]
@@ -537,7 +538,7 @@ class OutputWriter:
                 break
             steps.append((parent[2], parent[3]))
             source = parent[1]
-        place = area.placer(True)
+        place = area.placer(obj.level == 2)
         if source:
             entry = spares.pop(source)
             used.add(entry)
