@@ -206,11 +206,21 @@ def _apply(
     total = add_links(add_links(old.entries, removed.items(), -1), added.items(), +1)
     model = ThresholdModel(t, sizes, leaves, unclustered, total)
     if model.digest != old.digest:
+        # An entry whose target stays and whose name changes (a renumbered cluster) is
+        # renamed, not made again: targets are unique within a threshold folder.
+        was_named = {target: name for name, target in removed.items()}
+        moved = {name: was_named[target] for name, target in added.items() if target in was_named}
+        renamed = set(moved.values())
         objects.setdefault(
             model.digest,
             PlannedObject(
-                added, 1, (algo, "t", t), base=old.digest, removed=tuple(removed),
+                {name: target for name, target in added.items() if name not in moved},
+                1,
+                (algo, "t", t),
+                base=old.digest,
+                removed=tuple(name for name in removed if name not in renamed),
                 size=total.count,
+                moved=moved,
             ),
         )
     return model

@@ -136,8 +136,9 @@ def leaf_digest(links: Mapping[str, str]) -> LeafSum:
 class PlannedObject:
     """One directory of the DAG: its symlinks (and, for algorithm objects, files).
 
-    A *patch* (``base`` set, leaves only): the object is leaf ``base`` without the entries
-    ``removed`` and with ``links`` added; ``size`` is its entry count. Planned from a delta
+    A *patch* (``base`` set, leaves and threshold folders): the object is ``base`` without
+    the entries ``removed``, with the entries ``moved`` renamed (new name -> old name) and
+    with ``links`` added; ``size`` is its entry count. Planned from a delta
     (see ``delta``), so its full entries are never listed in memory.
     """
 
@@ -148,6 +149,7 @@ class PlannedObject:
     base: str | None = None
     removed: tuple[str, ...] = ()
     size: int = 0
+    moved: dict[str, str] = field(default_factory=dict)  # of a patch: new name -> base's name
 
     @property
     def entry_count(self) -> int:

@@ -42,6 +42,8 @@ _PROGRESS_EVERY = 0.5  # seconds between progress callbacks during a write
 # retires once its generation is past keep_generations and generation_grace.
 _LINEAGE_WRITES = 32
 _LINEAGE_DEPTH = 32
+#: One patch: names removed from its base, links added, entries renamed (new -> old name).
+_Step = tuple[tuple[str, ...], Mapping[str, str], Mapping[str, str]]
 
 
 @dataclass
@@ -120,7 +122,7 @@ class OutputWriter:
         self._purge_later: set[str] = set()
         # patch object -> (write number, base, names removed, links added): how to bring a
         # retired ancestor of a folder forward to it (see _patch). Kept for a few writes.
-        self._lineage: dict[str, tuple[int, str, tuple[str, ...], Mapping[str, str]]] = {}
+        self._lineage: dict[str, tuple[int, str, _Step]] = {}
         self._writes = 0
         # Of the model's generation: algorithm -> its object, and how many places of the tree
         # each object fills (the records of delta writes come from these, see retention).
@@ -489,7 +491,9 @@ class OutputWriter:
                 if obj.size >= pool.recycle_min and obj.role is not None:
                     pool.spare_wanted.append((digest, obj.role))
                 added, removed = self._patch(digest, obj, spares, index.used)
-                self._lineage[digest] = (self._writes, obj.base, obj.removed, obj.links)
+                self._lineage[digest] = (
+                    self._writes, obj.base, (obj.removed, obj.links, obj.moved)
+                )
                 counts.written += 1
                 counts.recycled += 1
                 counts.links += added
@@ -524,7 +528,7 @@ class OutputWriter:
         staging = area.tmp / f"rec-{digest}"
         if os.path.lexists(staging):
             remove_tree(staging)
-        steps: list[tuple[tuple[str, ...], Mapping[str, str]]] = [(obj.removed, obj.links)]
+        steps: list[_Step] = [(obj.removed, obj.links, obj.moved)]
         source = obj.base
         # (a spare or retired folder whose stamp is off was changed: not built on)
         while (
@@ -536,7 +540,7 @@ class OutputWriter:
             if parent is None or len(steps) > _LINEAGE_DEPTH:
                 source = ""
                 break
-            steps.append((parent[2], parent[3]))
+            steps.append(parent[2])
             source = parent[1]
         place = area.placer(obj.level == 2)
         if source:
@@ -550,22 +554,28 @@ class OutputWriter:
                 remove_tree(staging)
         # no spare, no ancestor: a copy that leaves out what goes (one link() per entry)
         copy_object(area.objects / obj.base, staging, skip=set(obj.removed))
-        added, _ = self._apply_steps(staging, [((), obj.links)], place, digest)
+        added, _ = self._apply_steps(staging, [((), obj.links, obj.moved)], place, digest)
         return added, 0
 
     def _apply_steps(
         self,
         staging: Path,
-        steps: Iterable[tuple[tuple[str, ...], Mapping[str, str]]],
+        steps: Iterable[_Step],
         place: Callable[[int, str, str], None],
         digest: str,
     ) -> tuple[int, int]:
         added = removed = 0
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for gone, new in steps:
+            for gone, new, moved in steps:
+                # Renamed entries (a threshold folder's clusters renumbered) keep their inode:
+                # out of the way first, so that no rename lands on a name still to be moved.
+                for number, old_name in enumerate(moved.values()):
+                    os.rename(old_name, f".moving-{number}", src_dir_fd=fd, dst_dir_fd=fd)
                 for name in gone:
                     os.unlink(name, dir_fd=fd)
+                for number, new_name in enumerate(moved):
+                    os.rename(f".moving-{number}", new_name, src_dir_fd=fd, dst_dir_fd=fd)
                 for name, target in new.items():
                     place(fd, name, target)
                 added += len(new)
