@@ -226,10 +226,17 @@ class Pool:
                 deleted += 1
         return deleted
 
-    def forget(self) -> set[str]:
-        """Drop what we know of objects neither in ``objects/`` nor in ``pool/``; return those."""
-        alive = set(os.listdir(self.area.objects))
-        alive.update(entry[:DIGEST_LEN] for entry in os.listdir(self.area.pool))
+    def forget(self, only: set[str] | None = None) -> set[str] | None:
+        """Drop what we know of objects neither in ``objects/`` nor in ``pool/``; return the
+        digests alive (None with ``only``: then only those digests are looked at)."""
+        pooled = {entry[:DIGEST_LEN] for entry in os.listdir(self.area.pool)}
+        if only is not None:
+            for digest in only - pooled:
+                if not os.path.isdir(os.path.join(self.area.objects, digest)):
+                    self.contents.pop(digest, None)
+                    self.area.children.pop(digest, None)
+            return None
+        alive = set(os.listdir(self.area.objects)) | pooled
         self.contents = {d: c for d, c in self.contents.items() if d in alive}
         return alive
 

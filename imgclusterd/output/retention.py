@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .area import DIGEST_RE, GENERATION_RE, Area, remove_tree
-from .plan import Role
+from .plan import DIGEST_LEN, Role
 from .recycle import Pool, pool_entry_name
 
 __all__ = [
@@ -187,8 +187,12 @@ def collect(
         area.children.pop(digest, None)
     _forget_records(area, set(names) - set(dropped))
     deleted += pool.purge(purge)
-    alive = pool.forget()
-    area.children = {d: c for d, c in area.children.items() if d in alive}
+    if found is not None:  # what may have left: the garbage, the purged pool entries
+        pool.forget(set(garbage) | {entry[:DIGEST_LEN] for entry in purge})
+    else:
+        alive = pool.forget()
+        assert alive is not None
+        area.children = {d: c for d, c in area.children.items() if d in alive}
     if sweep_links or area.links.added >= SWEEP_LINKS_AFTER:
         # Photos moved or deleted leave link entries nobody uses; reclaim them now and
         # then (a full sweep lstat()s every entry: ~1 per photo per algorithm).

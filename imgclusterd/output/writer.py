@@ -461,7 +461,10 @@ class OutputWriter:
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         area, pool = self._area, self._pool
-        existing = set(os.listdir(area.objects))
+        if len(objects) < 4096:  # a delta's few objects: a stat each, not a list of them all
+            existing = {d for d in objects if os.path.isdir(os.path.join(area.objects, d))}
+        else:
+            existing = set(os.listdir(area.objects))
         index = pool.index()
         spares = {entry.split("~", 1)[0]: entry for entry in os.listdir(area.pool)}
         total = len(objects)
