@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Generic, TypeVar
@@ -191,6 +191,7 @@ def _prim_lockstep(
     limits: list[int],
     n: int,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[Forest]:
     """Prim's algorithm for several hash sets over the same N vertices, one Python loop.
 
@@ -234,8 +235,11 @@ def _prim_lockstep(
 
     m = n - 1  # vertex at position n-1 starts every tree
     for step in range(n - 1):
-        if should_stop is not None and step % _STOP_CHECK_STEPS == 0 and should_stop():
-            raise BuildStopped(f"stopped at step {step} of {n - 1}")
+        if step % _STOP_CHECK_STEPS == 0:
+            if should_stop is not None and should_stop():
+                raise BuildStopped(f"stopped at step {step} of {n - 1}")
+            if on_step is not None:
+                on_step(step, n - 1)
         for stacked, rows, xor, pop in groups:
             np.bitwise_xor(stacked[:, :, :m], stacked[:, :, m : m + 1], out=xor[:, :, :m])
             np.bitwise_count(xor[:, :, :m], out=pop[:, :, :m])
@@ -272,13 +276,15 @@ def spanning_forests(
     limits: Sequence[int],
     workers: int = 1,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[Forest]:
     """:func:`spanning_forest` for several hash sets of the same N images (e.g. 14 algorithms).
 
     ``workers > 1`` splits the algorithms into that many lockstep groups of about equal word
     counts and runs them in threads (numpy releases the GIL inside the distance passes).
     ``should_stop()`` is asked every few hundred steps; when it says yes,
-    :class:`BuildStopped` is raised.
+    :class:`BuildStopped` is raised. ``on_step(done, total)`` hears of the progress then
+    (from each thread: the steps of its loop).
     """
     if len(packed_list) != len(limits):
         raise ValueError("need one limit per hash set")
@@ -290,7 +296,7 @@ def spanning_forests(
     limit_list = [int(x) for x in limits]
     workers = max(1, min(workers, len(words_list)))
     if workers == 1:
-        return _prim_lockstep(words_list, limit_list, n, should_stop)
+        return _prim_lockstep(words_list, limit_list, n, should_stop, on_step)
     # Greedy balance by word count (the cost of a step is proportional to it).
     bins: list[list[int]] = [[] for _ in range(workers)]
     loads = [0] * workers
@@ -299,6 +305,16 @@ def spanning_forests(
         bins[b].append(a)
         loads[b] += words_list[a].shape[0]
     result: list[Forest | None] = [None] * len(words_list)
+    # The threads only record their step; on_step is called from this (the caller's) thread,
+    # which may do things bound to it (the daemon writes its status to SQLite).
+    steps = [0] * workers
+
+    def recorder(slot: int) -> Callable[[int, int], None]:
+        def record(done: int, total: int) -> None:
+            steps[slot] = done
+
+        return record
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = [
             (
@@ -309,14 +325,25 @@ def spanning_forests(
                     [limit_list[a] for a in members],
                     n,
                     should_stop,
+                    recorder(slot),
                 ),
             )
-            for members in bins
+            for slot, members in enumerate(bins)
             if members
         ]
+        futures = [job for _, job in jobs]
+        if on_step is not None:
+            on_step(0, n - 1)
+        while wait(futures, timeout=1.0, return_when=FIRST_EXCEPTION).done != set(futures):
+            if any(f.done() and f.exception() is not None for f in futures):
+                break
+            if on_step is not None:
+                on_step(min(steps[: len(futures)]), n - 1)
         for members, job in jobs:
             for a, forest in zip(members, job.result(), strict=True):
                 result[a] = forest
+        if on_step is not None:
+            on_step(n - 1, n - 1)
     return [f for f in result if f is not None]
 
 
@@ -557,6 +584,7 @@ def build_indexes(
     jobs: Sequence[tuple[ClusterIndex[Any], Sequence[Any], np.ndarray]],
     workers: int = 1,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> None:
     """Load every ``(index, keys, packed)`` and build their forests from scratch together.
 
@@ -575,6 +603,7 @@ def build_indexes(
             [jobs[m][0].limit for m in members],
             workers=workers,
             should_stop=should_stop,
+            on_step=on_step,
         )
         for m, forest in zip(members, forests, strict=True):
             index, keys, packed = jobs[m]

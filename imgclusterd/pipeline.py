@@ -878,7 +878,13 @@ class Pipeline:
                 updates[algorithm.name] = (list(added), changed, removed)
         if cold:
             tick = time.perf_counter()
-            build_indexes(cold, workers=self.config.worker_count, should_stop=self.stop.is_set)
+            self.progress("clustering", 0, len(cold[0][1]))
+
+            def step(done: int, total: int) -> None:  # status: "clustering 12000/100000"
+                self.progress("clustering", done, total)
+
+            build_indexes(cold, workers=self.config.worker_count,
+                          should_stop=self.stop.is_set, on_step=step)
             log.info("built %d spanning forests of %d photos from scratch in %.1f s",
                      len(cold), len(cold[0][1]), time.perf_counter() - tick)
         self._explorer_stale.update(sync.ids)

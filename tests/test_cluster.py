@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections import deque
 
 import numpy as np
@@ -432,7 +433,12 @@ def test_build_indexes_builds_in_lockstep_and_stops_when_asked() -> None:
     packed = [rng.integers(0, 256, (600, nbytes), dtype=np.uint8) for nbytes in (8, 8, 32)]
     keys = [f"k{i:04d}" for i in range(600)]
     indexes: list[ClusterIndex[str]] = [ClusterIndex(limit=12, nbytes=p.shape[1]) for p in packed]
-    build_indexes(list(zip(indexes, [keys] * 3, packed, strict=True)), workers=2)
+    heard: list[tuple[int, int, int]] = []
+    build_indexes(list(zip(indexes, [keys] * 3, packed, strict=True)), workers=2,
+                  on_step=lambda done, total: heard.append((done, total, threading.get_ident())))
+    # Progress is told from the calling thread only (the daemon writes it to SQLite).
+    assert heard and {ident for _, _, ident in heard} == {threading.get_ident()}
+    assert all(0 <= done <= total == 599 for done, total, _ in heard)
     for index, rows in zip(indexes, packed, strict=True):
         alone: ClusterIndex[str] = ClusterIndex(limit=12, nbytes=rows.shape[1])
         alone.update(dict(zip(keys, (r.tobytes() for r in rows), strict=True)))
