@@ -31,6 +31,7 @@ from imgclusterd.output import (
     folder_links,
     link_name,
 )
+from imgclusterd.output.area import rename_at
 from imgclusterd.output.hooks import SWAP_LINK_MADE
 
 
@@ -1140,3 +1141,27 @@ def test_a_crash_between_the_record_and_the_swap_loses_nothing(tmp_path: Path) -
         tree = new
         assert read_tree(str(output)) == expected(tree)
         assert_collected(output)
+
+
+def test_renumbered_entries_are_renamed_in_chains_and_cycles(tmp_path: Path) -> None:
+    """A patched threshold folder renames its renumbered entries, one rename each: chains
+    from their far end, cycles through a temporary name, nothing clobbered, inodes kept."""
+    folder = tmp_path / "thr"
+    folder.mkdir()
+    for name in ("001_3", "002_2", "003_2", "004_2", "005_2", "006_2", "007_2", "008_2", "010_2"):
+        os.symlink(f"../{name}-leaf", folder / name)
+    inodes = {name: os.lstat(folder / name).st_ino for name in os.listdir(folder)}
+    moved = {
+        "002_2": "001_3", "003_2": "002_2", "004_2": "003_2", "009_2": "004_2",  # a chain
+        "005_2": "006_2", "006_2": "005_2",  # two entries trading names
+        "007_2": "008_2", "008_2": "010_2", "010_2": "007_2",  # a cycle of three
+    }  # fmt: skip
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rename_at(fd, moved)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(folder)) == sorted(moved)
+    for new, old in moved.items():
+        assert os.readlink(folder / new) == f"../{old}-leaf"
+        assert os.lstat(folder / new).st_ino == inodes[old]

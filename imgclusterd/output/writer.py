@@ -19,7 +19,7 @@ from pathlib import Path
 
 from imgclusterd.errors import OutputError
 
-from .area import Area, area_path, remove_tree
+from .area import Area, area_path, remove_tree, rename_at
 from .delta import (
     TreeDelta,
     TreeModel,
@@ -571,14 +571,10 @@ class OutputWriter:
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for gone, new, moved in steps:
-                # Renamed entries (a threshold folder's clusters renumbered) keep their inode:
-                # out of the way first, so that no rename lands on a name still to be moved.
-                for number, old_name in enumerate(moved.values()):
-                    os.rename(old_name, f".moving-{number}", src_dir_fd=fd, dst_dir_fd=fd)
                 for name in gone:
                     os.unlink(name, dir_fd=fd)
-                for number, new_name in enumerate(moved):
-                    os.rename(f".moving-{number}", new_name, src_dir_fd=fd, dst_dir_fd=fd)
+                # Renamed entries (a threshold folder's clusters renumbered) keep their inode.
+                rename_at(fd, moved)
                 for name, target in new.items():
                     place(fd, name, target)
                 added += len(new)
