@@ -195,3 +195,17 @@ def page_data(files: dict[str, bytes]) -> dict[str, Any]:
     text = files["explorer-data.js"].decode("ascii")
     literal = text[text.index("JSON.parse('") + len("JSON.parse('") : text.rindex("');")]
     return dict(json.loads(literal.replace("\\'", "'").replace("\\\\", "\\")))
+
+
+def test_a_cold_build_reports_progress(workspace: Workspace) -> None:
+    """The first refresh builds every forest from scratch (minutes at 100,000 photos): it
+    must tell its progress, which is also what keeps the daemon's heartbeat and systemd's
+    watchdog alive meanwhile."""
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output, ws.state))
+    heard: list[tuple[str, int, int]] = []
+    with Pipeline(config.config, progress=lambda *p: heard.append(p)) as pipeline:
+        report = pipeline.refresh()
+    steps = [(done, total) for phase, done, total in heard if phase == "clustering"]
+    assert (0, report.images) in steps  # announced before the build
+    assert (report.images - 1, report.images - 1) in steps  # and its end
