@@ -163,6 +163,8 @@ class SnapshotHolder:
             ]
             self._kept = [(snapshot, None), *kept]
             self.published += 1
+        if old and old[0][0] is not snapshot:
+            old[0][0].retire()
 
     def resolve(self, path: str) -> tuple[Snapshot, Node] | None:
         """``path`` in the current snapshot, else in the kept older ones, newest first."""

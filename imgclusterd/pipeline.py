@@ -389,10 +389,10 @@ class Pipeline:
         if self.stop.is_set():
             report.interrupted = True
             return
+        if self.publish is not None:
+            self.publish(snapshot)  # first: the summary below is for the log and status
         report.clusters = snapshot.clusters_mid_sweep()
         report.generation = snapshot.label
-        if self.publish is not None:
-            self.publish(snapshot)
         self._served = (fingerprint, snapshot)
 
     @property

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: Bytes of partitions kept per snapshot, all algorithms together (a partition of 100,000
 #: photos is ~1.2 MB of arrays plus ~270 B per cluster: 1-14 MB). A walk over the whole mount
 #: (find, du) visits every threshold of every algorithm; this bounds what it leaves behind.
-PARTITION_CACHE_BYTES = 128 * 2**20
+PARTITION_CACHE_BYTES = 64 * 2**20
 #: Leaf entries kept per snapshot across all leaves, where names are made per leaf (rare).
 LEAF_CACHE_ENTRIES = 1_000_000
 
@@ -145,6 +145,14 @@ class _LRU:
                 return None
             self._items.move_to_end(key)
             return item[0]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._weight = 0
 
     def put(self, key: Hashable, value: Any, weight: int = 1) -> None:
         with self._lock:
@@ -712,6 +720,14 @@ class Snapshot:
             found = folder_links(sweep_.links(sweep_.members(threshold, leaf)))
             self._leaves.put(key, found, max(1, len(found)))
         return found
+
+    def retire(self) -> None:
+        """No longer the snapshot served: drop what it caches (partitions, per-leaf names).
+        It still answers a reader inside it, recomputing what that reader asks for; kept
+        caches would hold up to PARTITION_CACHE_BYTES per snapshot kept for the grace period."""
+        self._leaves.clear()
+        for sweep_ in self.algorithms.values():
+            sweep_.cuts.clear()
 
     # -- for status and the log ---------------------------------------------------------------
 

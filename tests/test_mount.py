@@ -358,6 +358,24 @@ def _one_cluster(root: str, n: int, seed: int) -> Snapshot:
     return Snapshot.build(root, paths, [("phash_8", [0, 2], 64, forest, list(paths), packed)])
 
 
+def test_a_snapshot_replaced_drops_its_caches_and_still_answers(tmp_path: Path) -> None:
+    """Old snapshots are kept for the grace period (readers inside them); their partition
+    caches are dropped when they stop being served, and they still resolve and list."""
+    from imgclusterd.mount import SnapshotHolder
+
+    root = str(tmp_path / "images")
+    old, new = _one_cluster(root, 300, seed=1), _one_cluster(root, 200, seed=2)
+    holder = SnapshotHolder()
+    holder.publish(old)
+    node = old.resolve("/phash_8/thr_002_unclustered_0/001_300")
+    assert node is not None and len(old.listdir(node)) == 300
+    assert len(old.algorithms["phash_8"].cuts) > 0
+    holder.publish(new)
+    assert len(old.algorithms["phash_8"].cuts) == 0
+    found = holder.resolve("/phash_8/thr_002_unclustered_0/001_300")  # the old one answers
+    assert found is not None and found[0] is old and len(old.listdir(found[1])) == 300
+
+
 @needs_fuse
 def test_a_big_folder_is_listed_whole_across_kernel_requests_from_one_snapshot(
         tmp_path: Path) -> None:
