@@ -1054,7 +1054,7 @@ def _explorer_files(
                           vertices=[position[k] for k in keys])
         for name, thresholds, forest, keys in sweeps
     ]
-    return page_files(photos, algorithms)
+    return page_files(photos, algorithms, root=os.fspath(images))
 
 
 def _facts_now(path: str) -> FileFacts | None:
