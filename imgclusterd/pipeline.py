@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import ChainMap
@@ -49,7 +50,7 @@ from .output import (
     link_name,
 )
 from .pool import HashPool
-from .store import STORE_NAME, FileRecord, Store
+from .store import STORE_NAME, FileRecord, SavedForest, Store
 from .thumbnails import THUMBNAIL_FOLDER, missing_thumbnails, prune_thumbnails, thumbnail_path
 from .view import LazyFiles, Snapshot
 
@@ -170,6 +171,7 @@ class Pipeline:
         # Paths and ranks of the store's photos, followed through its change journal; with
         # the indexes, what a refresh reads from the store is what changed (_sync_indexes).
         self.catalog = Catalog(self.store)
+        self._forests_saved: int | None = None  # store revision of the last save_forests
         self._explorer_photos: dict[int, ExplorerPhoto] = {}  # cache, see _explorer_page
         self._explorer_stale: set[int] = set()
         self._explorer_thumbnails: object = None
@@ -186,6 +188,7 @@ class Pipeline:
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
+        self.save_forests()  # the next start loads them instead of building them again
         if self._pool is not None:
             self._pool.close(cancel=True)
             self._pool = None
@@ -293,6 +296,8 @@ class Pipeline:
             if not report.interrupted:
                 report.seconds = self.clock() - started
                 self._record(report, fingerprint)
+                if report.full:  # start-up, rescan, SIGHUP: a cheap moment to keep the forests
+                    self.save_forests()
             return report
         last = self.store.get_state("last_refresh") or {}
         current = self.writer.current_generation()
@@ -348,6 +353,8 @@ class Pipeline:
         self._output_cleaned = True
         report.seconds = self.clock() - started
         self._record(report, fingerprint)
+        if report.full:  # start-up, rescan, SIGHUP: a cheap moment to keep the forests
+            self.save_forests()
         return report
 
     def _record(self, report: RefreshReport, fingerprint: str) -> None:
@@ -858,6 +865,9 @@ class Pipeline:
                     del rows
                     if not len(index):
                         keys = list(wanted)
+                        if self._restore_index(algorithm.name, index, wanted, sync.revision):
+                            updates[algorithm.name] = (keys, [], [])
+                            continue
                         packed = np.frombuffer(b"".join(wanted.values()), dtype=np.uint8)
                         cold.append((index, keys, packed.reshape(len(keys), index.nbytes)))
                         updates[algorithm.name] = (keys, [], [])
@@ -887,6 +897,7 @@ class Pipeline:
                           should_stop=self.stop.is_set, on_step=step)
             log.info("built %d spanning forests of %d photos from scratch in %.1f s",
                      len(cold), len(cold[0][1]), time.perf_counter() - tick)
+            self.save_forests(sync.revision)  # minutes of work at 100,000 photos: keep it
         self._explorer_stale.update(sync.ids)
         if sync.full:
             self._explorer_photos = {}
@@ -896,15 +907,104 @@ class Pipeline:
     def _prune_journal(self, revision: int) -> None:
         """Keep the store's change journal short: what this pipeline has read, but the last
         ``JOURNAL_KEEP`` revisions (for a reader that follows the store, ``imgclusterd
-        mount``; one that falls further behind reads everything once)."""
+        mount``; one that falls further behind reads everything once), and never what the
+        saved forests need to catch up."""
         if self.store.readonly:
             return
         floor = int(self.store.get_state("journal_floor") or 0)
         if revision - floor > 2 * JOURNAL_KEEP:
+            upto = revision - JOURNAL_KEEP
+            oldest = self.store.oldest_saved_forest()
+            if oldest is not None:
+                upto = min(upto, oldest)
+            if upto <= floor:
+                return
             with self.store.transaction(revise=False):
-                pruned = self.store.prune_changes(revision - JOURNAL_KEEP)
-            log.debug("change journal: %d entries up to revision %d dropped", pruned,
-                      revision - JOURNAL_KEEP)
+                pruned = self.store.prune_changes(upto)
+            log.debug("change journal: %d entries up to revision %d dropped", pruned, upto)
+
+    def save_forests(self, revision: int | None = None) -> bool:
+        """Save every algorithm's forest (as of ``revision``, the catalog's by default) in the
+        store, so that the next start loads them instead of building them from scratch.
+        Called after a cold build, on full refreshes and when the pipeline closes; a failure
+        (a full disk) only costs the next start its speed-up."""
+        revision = self.catalog.revision if revision is None else revision
+        if (
+            self.store.readonly
+            or revision is None
+            or revision == self._forests_saved
+            or len(self._indexes) != len(self.algorithms)
+        ):
+            return False
+        tick = time.perf_counter()
+        try:
+            self.store.save_forests(
+                self.plan.decode,
+                revision,
+                [
+                    (a.name, SavedForest(
+                        keys=np.asarray(index.key_array(), dtype=np.int64),
+                        u=index.forest.u, v=index.forest.v, w=index.forest.w, limit=index.limit,
+                    ))
+                    for a in self.algorithms
+                    for index in [self._indexes[a.name]]
+                ],
+            )  # fmt: skip
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("could not save the spanning forests (the next start builds them "
+                        "again): %s", exc)
+            return False
+        self._forests_saved = revision
+        log.debug("saved %d spanning forests at revision %d in %.2f s", len(self.algorithms),
+                  revision, time.perf_counter() - tick)
+        return True
+
+    def _restore_index(
+        self, name: str, index: ClusterIndex, wanted: dict[int, bytes], revision: int
+    ) -> bool:
+        """Load ``index`` from its saved forest and catch up with the journal since; False
+        (index untouched) when there is none or it cannot be trusted."""
+        found = self.store.saved_forest(name, self.plan.decode)
+        if found is None:
+            return False
+        saved_at, saved = found
+        since = self.store.changed_since(saved_at) if saved_at <= revision else None
+        keys = saved.keys.tolist()
+        n = len(keys)
+        if (
+            since is None  # the journal no longer reaches back to it
+            or saved.limit < index.limit  # a larger sweep since: edges it dropped count now
+            or len(set(keys)) != n
+            or not (len(saved.u) == len(saved.v) == len(saved.w) < max(n, 1))
+            or (len(saved.u) and max(int(saved.u.max()), int(saved.v.max())) >= n)
+        ):
+            log.info("%s: the saved forest cannot be used; building it again", name)
+            return False
+        stale = set(since)
+        if any(k not in wanted and k not in stale for k in keys):
+            log.warning("%s: the saved forest names photos the store lost unjournaled; "
+                        "building it again", name)
+            return False
+        # Photos changed since the save lose their vertex first (their old bits are not
+        # known, and the forest's edges to them are dropped with them), then come back.
+        blank = bytes(index.nbytes)
+        rows = b"".join(blank if k in stale else wanted[k] for k in keys)
+        packed = np.frombuffer(rows, dtype=np.uint8).reshape(n, index.nbytes)
+        try:
+            index.load(keys, packed, Forest(n, saved.u, saved.v, saved.w, saved.limit))
+            gone = [k for k in keys if k in stale]
+            if gone:
+                index.update({}, gone)
+            fresh = {k: bits for k, bits in wanted.items() if k not in index}
+            if fresh:
+                index.update(fresh)
+        except ValueError as exc:
+            log.warning("%s: the saved forest does not fit (%s); building it again", name, exc)
+            index.load([], np.empty((0, index.nbytes), np.uint8))
+            return False
+        log.info("%s: spanning forest loaded (saved at revision %d, %d photos changed since)",
+                 name, saved_at, len(stale))
+        return True
 
     def _explorer_page(self) -> dict[str, bytes]:
         """The explorer page's files for the generation's root, from the forests just used.
@@ -1009,6 +1109,7 @@ class StoreView(Pipeline):
         self._revision: int | None = None
         self.store = Store.open(path, readonly=True)
         self.catalog = Catalog(self.store)
+        self._forests_saved = None
 
     def __enter__(self) -> StoreView:
         return self

@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from .errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "STORE_NAME", "Facts", "FileRecord", "Store"]
+__all__ = ["SCHEMA_VERSION", "STORE_NAME", "Facts", "FileRecord", "SavedForest", "Store"]
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "store.sqlite"
 APPLICATION_ID = 0x49434C44  # "ICLD": tells our store from any other SQLite file
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 def _journal(row_id: str) -> str:
     """The trigger statement that journals ``row_id`` under the revision being written.
@@ -137,12 +139,46 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         .replace("{journal(NEW.file_id)}", _journal("NEW.file_id"))
         .replace("{journal(OLD.file_id)}", _journal("OLD.file_id")),
     ),
+    (
+        5,
+        "saved forests",
+        # Each algorithm's minimum spanning forest as of store revision `revision`: vertex i
+        # is file id keys[i] (int64), edges (u, v: int32; w: uint16), all little-endian
+        # arrays. A daemon that starts loads it and applies the journal since `revision`
+        # instead of building every forest from scratch (O(N^2): ~10 minutes of both cores
+        # at 100,000 photos).
+        """
+        CREATE TABLE forests (
+            algorithm TEXT NOT NULL,
+            decode    TEXT NOT NULL,
+            revision  INTEGER NOT NULL,
+            lim       INTEGER NOT NULL,
+            keys      BLOB NOT NULL,
+            u         BLOB NOT NULL,
+            v         BLOB NOT NULL,
+            w         BLOB NOT NULL,
+            PRIMARY KEY (algorithm, decode)
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 
 
 #: (size, mtime_ns, inode, device, ctime_ns): what tells whether a file changed. Callers may
 #: pass the first four only (ctime then unknown).
 Facts = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SavedForest:
+    """A spanning forest as saved in the store: vertex i is file id ``keys[i]``; edges
+    ``(u, v, w)`` sorted by weight; ``limit``: the largest threshold it answers."""
+
+    keys: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -581,6 +617,43 @@ class Store:
             "SELECT DISTINCT file_id FROM changes WHERE revision > ?", (revision,)
         )
         return [row[0] for row in rows]
+
+    def save_forests(
+        self, decode: str, revision: int, forests: Iterable[tuple[str, SavedForest]]
+    ) -> None:
+        """Replace the saved forests of these algorithms (one transaction, no new revision:
+        the photos did not change)."""
+        with self.transaction(revise=False):
+            for algorithm, saved in forests:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO forests (algorithm, decode, revision, lim, keys, u, "
+                    "v, w) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (algorithm, decode, revision, saved.limit,
+                     saved.keys.astype("<i8").tobytes(), saved.u.astype("<i4").tobytes(),
+                     saved.v.astype("<i4").tobytes(), saved.w.astype("<u2").tobytes()),
+                )  # fmt: skip
+
+    def saved_forest(self, algorithm: str, decode: str) -> tuple[int, SavedForest] | None:
+        """(revision, forest) saved for this algorithm, or None."""
+        row = self._db.execute(
+            "SELECT revision, lim, keys, u, v, w FROM forests WHERE algorithm = ? AND decode = ?",
+            (algorithm, decode),
+        ).fetchone()
+        if row is None:
+            return None
+        revision, limit, keys, u, v, w = row
+        return int(revision), SavedForest(
+            keys=np.frombuffer(keys, dtype="<i8").astype(np.int64),
+            u=np.frombuffer(u, dtype="<i4").astype(np.int32),
+            v=np.frombuffer(v, dtype="<i4").astype(np.int32),
+            w=np.frombuffer(w, dtype="<u2").astype(np.uint16),
+            limit=int(limit),
+        )
+
+    def oldest_saved_forest(self) -> int | None:
+        """The revision of the oldest saved forest (the journal must reach back to it)."""
+        row = self._db.execute("SELECT min(revision) FROM forests").fetchone()
+        return None if row[0] is None else int(row[0])
 
     def prune_changes(self, upto: int) -> int:
         """Drop the journal up to revision ``upto`` (a reader behind it reads everything

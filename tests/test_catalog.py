@@ -209,3 +209,82 @@ def test_a_cold_build_reports_progress(workspace: Workspace) -> None:
     steps = [(done, total) for phase, done, total in heard if phase == "clustering"]
     assert (0, report.images) in steps  # announced before the build
     assert (report.images - 1, report.images - 1) in steps  # and its end
+
+
+def sweeps(pipeline: Pipeline) -> dict[str, list[Any]]:
+    """Every algorithm's partitions in file ids (the forest itself may differ where edges tie)."""
+    return {
+        name: index.sweep(list(range(0, index.limit + 1, 3)))
+        for name, index in sorted(pipeline._indexes.items())
+    }
+
+
+def fresh_sweeps(config: Any) -> dict[str, list[Any]]:
+    with Pipeline(config) as fresh:
+        # From scratch, and saving nothing: the store's saved forests stay as they are.
+        fresh.save_forests = lambda *a, **k: False  # type: ignore[method-assign]
+        fresh.store.saved_forest = lambda *a: None  # type: ignore[method-assign]
+        fresh._sync_indexes()
+        return sweeps(fresh)
+
+
+def test_a_restart_loads_the_saved_forests_and_catches_up(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output, ws.state)).config
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()  # builds from scratch, saves
+    with Store.open(ws.state / "store.sqlite") as store:
+        saved = store.saved_forest("phash_8", "exact")
+        assert saved is not None and len(saved[1].keys) > 10
+        # While no daemon runs, the store changes (a photo's hash, one gone, one new).
+        records = sorted(store.files().values(), key=lambda r: r.path)
+        with store.transaction():
+            store.put_hashed(records[0].path, records[0].facts, records[0].digest,
+                             {"phash_8": b"\xff" * 8, "dhash_8": b"\x0f" * 8}, "exact", 1.0)
+            store.retire([records[1].path], 1.0)
+            store.put_hashed("elsewhere/new.jpg", (1, 2, 3, 4, 5), b"n" * 32,
+                             {"phash_8": b"\x01" * 8, "dhash_8": b"\x02" * 8}, "exact", 1.0)
+    expected = fresh_sweeps(config)
+
+    def no_cold_build(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("built from scratch although saved forests were there")
+
+    with Store.open(ws.state / "store.sqlite") as store:
+        kept = store.saved_forest("phash_8", "exact")  # the old one, to catch up from
+        assert kept is not None and kept[0] == saved[0]
+    with Pipeline(config) as restarted:
+        monkeypatch.setattr(pipeline_module, "build_indexes", no_cold_build)
+        restarted._sync_indexes()
+        assert sweeps(restarted) == expected
+        monkeypatch.undo()
+
+
+def test_a_saved_forest_the_journal_cannot_reach_is_built_again(workspace: Workspace) -> None:
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output, ws.state)).config
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()
+    with Store.open(ws.state / "store.sqlite") as store:
+        record = min(store.files().values(), key=lambda r: r.path)
+        with store.transaction():
+            store.put_hashed(record.path, record.facts, record.digest,
+                             {"phash_8": b"\xaa" * 8, "dhash_8": b"\x55" * 8}, "exact", 1.0)
+        with store.transaction(revise=False):  # as if an old version had pruned it all
+            store.prune_changes(store.revision())
+    expected = fresh_sweeps(config)
+    built: list[int] = []
+    real = pipeline_module.build_indexes
+
+    def counting(jobs: Any, **kwargs: Any) -> None:
+        built.append(len(jobs))
+        real(jobs, **kwargs)
+
+    with Pipeline(config) as restarted:
+        pipeline_module.build_indexes = counting  # type: ignore[assignment]
+        try:
+            restarted._sync_indexes()
+        finally:
+            pipeline_module.build_indexes = real
+        assert built == [2] and sweeps(restarted) == expected
