@@ -377,6 +377,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         assert snapshot is not None
         holder.publish(snapshot)
         mount.start()
+        snapshot.warm()  # names and ranks now, not on each folder's first listing
         try:
             print(f"mounted at {mount.mountpoint} ({snapshot.photos:,} photos); Ctrl-C "
                   "unmounts", file=sys.stderr)
@@ -384,6 +385,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                 fresh = view.update()
                 if fresh is not None:
                     holder.publish(fresh)
+                    fresh.warm()
                     log.info("the store changed: now serving %s", fresh.label)
         finally:
             mount.stop()

@@ -401,6 +401,8 @@ class Pipeline:
         report.clusters = snapshot.clusters_mid_sweep()
         report.generation = snapshot.label
         self._served = (fingerprint, snapshot)
+        if self.publish is not None:
+            snapshot.warm()  # served already: what its first listings would do, done now
 
     @property
     def served(self) -> Snapshot | None:
@@ -436,8 +438,6 @@ class Pipeline:
         self.explorer_seconds = time.perf_counter() - tick
         snapshot = Snapshot.build(os.fspath(self.images), paths, sweeps, previous=previous,
                                   label=label, extra_files=extra)
-        if previous is None:
-            snapshot.warm()  # the first one: later snapshots inherit what it learns
         return snapshot
 
     def _explorer_later(

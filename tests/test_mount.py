@@ -302,6 +302,11 @@ def test_explorer_page_of_a_snapshot_is_made_on_first_read_from_its_own_photos(
         pipeline.refresh()
         second = published[-1]
         assert not first.extra_files.built and second.photos == first.photos + 2
+        # Each published snapshot was warmed right after: its names and ranks are made, so a
+        # folder's first listing is a partition and a gather (no naming of 100,000 photos).
+        for snapshot in (first, second):
+            assert all(s._table is not None and s._ranks is not None
+                       for s in snapshot.algorithms.values())
         page = {s: s.extra_files["explorer-data.js"] for s in (second, first)}
         assert first.extra_files.built and "index.html" in first.extra_files
         expected = {s: pipeline_page(s) for s in (first, second)}
