@@ -113,6 +113,9 @@ def test_status_warns_when_the_tree_is_too_big_to_refresh_cheaply(tmp_path: Path
     warning = tree_warning(config, 10 * TREE_LINKS_CHEAP // folders)
     assert warning is not None
     assert f"{10 * TREE_LINKS_CHEAP // folders:,} photos x {folders} threshold folders" in warning
+    assert 'output_mode = "mount"' in warning  # the way out that keeps the layout
+    mounted = config.model_copy(update={"output_mode": "mount"})
+    assert tree_warning(mounted, 10 * TREE_LINKS_CHEAP // folders) is None  # no tree written
 
 
 def leaves_of(output: Path) -> dict[tuple[str, str, str], dict[str, str]]:
