@@ -1029,17 +1029,25 @@ def assert_collected(output: Path) -> None:
     assert set(os.listdir(area_path(output) / "objects")) == needed
 
 
-def test_delta_writes_collect_from_records_without_walking(tmp_path: Path) -> None:
-    """After a delta write, garbage is found from the generations' records: exactly what no
-    kept generation reaches is collected (an object nothing mentions -- a planted orphan --
-    is not even looked at), and a whole-tree write walks and finds the orphan."""
-    rng = random.Random(11)
+def written_chain(
+    tmp_path: Path, seed: int
+) -> tuple[random.Random, list[Link], Path, Clock, OutputWriter, OutputTree]:
+    """A writer with grace 0 on the injected clock that has written a chain tree of 30 of 40
+    photos (the start of the record/collection tests)."""
     links = make_images(tmp_path / "images", 40)
     output = tmp_path / "out"
     clock = Clock()
     writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4)
     tree = chain_tree(links[:30])
     writer.write(tree)
+    return random.Random(seed), links, output, clock, writer, tree
+
+
+def test_delta_writes_collect_from_records_without_walking(tmp_path: Path) -> None:
+    """After a delta write, garbage is found from the generations' records: exactly what no
+    kept generation reaches is collected (an object nothing mentions -- a planted orphan --
+    is not even looked at), and a whole-tree write walks and finds the orphan."""
+    rng, links, output, clock, writer, tree = written_chain(tmp_path, seed=11)
     orphan = plant_orphan(output, links)
     for _ in range(25):
         new = mutate(tree, links, rng)
@@ -1064,13 +1072,7 @@ def test_delta_writes_collect_from_records_without_walking(tmp_path: Path) -> No
 def test_without_records_a_delta_write_collects_by_a_full_walk(tmp_path: Path) -> None:
     """An area written before records existed (or whose records are gone): nothing is
     assumed, the collection walks (and finds a planted orphan)."""
-    rng = random.Random(3)
-    links = make_images(tmp_path / "images", 40)
-    output = tmp_path / "out"
-    clock = Clock()
-    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4)
-    tree = chain_tree(links[:30])
-    writer.write(tree)
+    rng, links, output, clock, writer, tree = written_chain(tmp_path, seed=3)
     for step in range(6):
         new = mutate(tree, links, rng)
         clock.now += 1
