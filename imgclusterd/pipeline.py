@@ -857,6 +857,7 @@ class Pipeline:
         decode = self.plan.decode
         updates: dict[str, tuple[list[int], list[int], list[int]]] = {}
         cold: list[tuple[ClusterIndex, list[int], np.ndarray]] = []
+        restored = 0
         with self.store.snapshot():
             sync = self.catalog.sync()
             for algorithm in self.algorithms:
@@ -873,6 +874,7 @@ class Pipeline:
                         keys = list(wanted)
                         if self._restore_index(algorithm.name, index, wanted, sync.revision):
                             updates[algorithm.name] = (keys, [], [])
+                            restored += 1
                             continue
                         packed = np.frombuffer(b"".join(wanted.values()), dtype=np.uint8)
                         cold.append((index, keys, packed.reshape(len(keys), index.nbytes)))
@@ -892,6 +894,9 @@ class Pipeline:
                 if added or removed:
                     index.update(added, removed)
                 updates[algorithm.name] = (list(added), changed, removed)
+        if restored:
+            log.info("%d spanning forests loaded from the store (no build from scratch)",
+                     restored)
         if cold:
             tick = time.perf_counter()
             self.progress("clustering", 0, len(cold[0][1]))
@@ -1008,8 +1013,8 @@ class Pipeline:
             log.warning("%s: the saved forest does not fit (%s); building it again", name, exc)
             index.load([], np.empty((0, index.nbytes), np.uint8))
             return False
-        log.info("%s: spanning forest loaded (saved at revision %d, %d photos changed since)",
-                 name, saved_at, len(stale))
+        log.debug("%s: spanning forest loaded (saved at revision %d, %d photos changed since)",
+                  name, saved_at, len(stale))
         return True
 
     def _explorer_page(self) -> dict[str, bytes]:
