@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -1030,17 +1030,28 @@ def assert_collected(output: Path) -> None:
 
 
 def written_chain(
-    tmp_path: Path, seed: int
+    tmp_path: Path, seed: int, hooks: WriteHooks | None = None
 ) -> tuple[random.Random, list[Link], Path, Clock, OutputWriter, OutputTree]:
     """A writer with grace 0 on the injected clock that has written a chain tree of 30 of 40
     photos (the start of the record/collection tests)."""
     links = make_images(tmp_path / "images", 40)
     output = tmp_path / "out"
     clock = Clock()
-    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4)
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4, hooks=hooks)
     tree = chain_tree(links[:30])
     writer.write(tree)
     return random.Random(seed), links, output, clock, writer, tree
+
+
+def delta_steps(writer: OutputWriter, tree: OutputTree, links: list[Link], rng: random.Random,
+                clock: Clock, count: int) -> Iterator[OutputTree]:
+    """``count`` random delta writes, one clock second apart; yields each tree written."""
+    for _ in range(count):
+        new = mutate(tree, links, rng)
+        clock.now += 1
+        writer.write_delta(delta_between(tree, new))
+        tree = new
+        yield tree
 
 
 def test_delta_writes_collect_from_records_without_walking(tmp_path: Path) -> None:
@@ -1106,19 +1117,9 @@ def test_a_crash_between_the_record_and_the_swap_loses_nothing(tmp_path: Path) -
     """The record of the generation being built is on disk, the generation too, OUTPUT still
     names the previous one: the next process drops both, collects the crash's objects (a
     walk), and goes on collecting from records."""
-    rng = random.Random(8)
-    links = make_images(tmp_path / "images", 40)
-    output = tmp_path / "out"
-    clock = Clock()
     crash = CrashAt("none")
-    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4, hooks=crash)
-    tree = chain_tree(links[:30])
-    writer.write(tree)
-    for _ in range(3):
-        new = mutate(tree, links, rng)
-        clock.now += 1
-        writer.write_delta(delta_between(tree, new))
-        tree = new
+    rng, links, output, clock, writer, tree = written_chain(tmp_path, seed=8, hooks=crash)
+    tree = list(delta_steps(writer, tree, links, rng, clock, 3))[-1]
     before = generations(output)
     crash.point = SWAP_LINK_MADE
     new = mutate(mutate(tree, links, rng), links, rng)
@@ -1136,12 +1137,8 @@ def test_a_crash_between_the_record_and_the_swap_loses_nothing(tmp_path: Path) -
     assert sorted(os.listdir(records)) == before
     assert_collected(output)
     writer.write(tree)
-    for _ in range(5):
-        new = mutate(tree, links, rng)
-        clock.now += 1
-        writer.write_delta(delta_between(tree, new))
-        tree = new
-        assert read_tree(str(output)) == expected(tree)
+    for written in delta_steps(writer, tree, links, rng, clock, 5):
+        assert read_tree(str(output)) == expected(written)
         assert_collected(output)
 
 
