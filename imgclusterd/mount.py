@@ -354,14 +354,49 @@ def _mount_hint() -> str:
     return ""
 
 
-# fuse_fill_dir_t with every pointer as a plain integer: ctypes then converts nothing per
-# entry (a c_char_p argument would copy each name, a c_void_p is checked more slowly).
+# fuse_fill_dir_t with every pointer as a plain integer: nothing is converted per entry (a
+# c_char_p argument would copy each name, a c_void_p is checked more slowly). cffi calls it in
+# about half of ctypes' time (measured: 100,000 calls 0.37-0.55 s against 0.65-1.2 s on a
+# loaded machine); the filler is called once per entry, so a 100,000-entry folder's listing
+# is mostly these calls. ctypes is the fallback where cffi is not installed.
+_CFFI_FILLER = "int(*)(uintptr_t, uintptr_t, uintptr_t, int64_t, int)"
+_CFFI_FILLER2 = "int(*)(uintptr_t, uintptr_t, uintptr_t, int64_t)"
 _FILLER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t,
                            ctypes.c_int64, ctypes.c_int)
 _FILLER2 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t,
                             ctypes.c_int64)
 _DOTS = b".\0..\0"
 _CHUNK = 512  # entries converted to Python integers at a time
+
+
+def _cffi() -> Any:
+    try:
+        import cffi
+    except ImportError:
+        return None
+    return cffi.FFI()
+
+
+_ffi = _cffi()
+
+
+def _filler(filler: Any, version3: bool) -> Callable[[int, int, int, int, int], int]:
+    """libfuse's fill function of one readdir request, callable with plain integers as
+    ``fill(buf, name, stat, next_offset, flags)``."""
+    address = ctypes.cast(filler, ctypes.c_void_p).value or 0
+    if _ffi is not None:
+        if version3:
+            return _ffi.cast(_CFFI_FILLER, address)  # type: ignore[no-any-return]
+        fill4 = _ffi.cast(_CFFI_FILLER2, address)
+    elif version3:
+        return ctypes.cast(address, _FILLER)  # type: ignore[return-value]
+    else:
+        fill4 = ctypes.cast(address, _FILLER2)
+
+    def fill(b: int, name: int, st: int, off: int, flags: int) -> int:
+        return int(fill4(b, name, st, off))
+
+    return fill
 
 
 def _address(buffer: bytes) -> int:
@@ -391,16 +426,8 @@ def _fuse_class(binding: ModuleType) -> Any:
     class FastFUSE(base):  # type: ignore[misc,valid-type]
         def _readdir(self, path: Any, buf: Any, filler: Any, offset: int, fip: Any) -> int:
             listing, stats = self.operations.listing(fip.contents.fh)  # stat addresses
-            fill: Callable[[int, int, int, int, int], int]
-            if version3:
-                fill = ctypes.cast(filler, _FILLER)
-            else:
-                fill2 = ctypes.cast(filler, _FILLER2)
-
-                def fill(b: int, name: int, st: int, off: int, flags: int) -> int:
-                    return int(fill2(b, name, st, off))
-
-            buf = buf or 0
+            fill = _filler(filler, version3)
+            buf = buf or 0  # a c_void_p argument: an int, or None for NULL
             at = int(offset)
             dots_at = _address(dots)
             while at < 2:

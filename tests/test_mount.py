@@ -382,12 +382,20 @@ def test_a_snapshot_replaced_drops_its_caches_and_still_answers(tmp_path: Path) 
 
 
 @needs_fuse
+@pytest.mark.parametrize("caller", ["cffi", "ctypes"])
 def test_a_big_folder_is_listed_whole_across_kernel_requests_from_one_snapshot(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caller: str) -> None:
     """readdir answers the kernel's requests one at a time from offsets: a folder of 6,000
     links (~300 KB of entries, many requests) lists every entry once, each link resolves, and
-    a listing that started before a new snapshot was published finishes on its own."""
+    a listing that started before a new snapshot was published finishes on its own. Both
+    ways of calling libfuse's fill function: cffi (the mount extra's) and the ctypes fallback."""
+    from imgclusterd import mount as mount_module
     from imgclusterd.mount import Mount, SnapshotHolder
+
+    if caller == "ctypes":
+        monkeypatch.setattr(mount_module, "_ffi", None)
+    else:
+        assert mount_module._ffi is not None, "cffi (the mount extra) is not installed"
 
     root = str(tmp_path / "images")
     old, new = _one_cluster(root, 6000, seed=1), _one_cluster(root, 5000, seed=2)
