@@ -386,10 +386,10 @@ def _filler(filler: Any, version3: bool) -> Callable[[int, int, int, int, int], 
     address = ctypes.cast(filler, ctypes.c_void_p).value or 0
     if _ffi is not None:
         if version3:
-            return _ffi.cast(_CFFI_FILLER, address)  # type: ignore[no-any-return]
+            return _ffi.cast(_CFFI_FILLER, address)
         fill4 = _ffi.cast(_CFFI_FILLER2, address)
     elif version3:
-        return ctypes.cast(address, _FILLER)  # type: ignore[return-value]
+        return ctypes.cast(address, _FILLER)
     else:
         fill4 = ctypes.cast(address, _FILLER2)
 
