@@ -1041,26 +1041,12 @@ class Pipeline:
             flat = set(self.store.flat_images())
             for file_id in missing:
                 record = records[file_id]
-                thumb = (
-                    thumbnail_path(thumbs, record.digest) if thumbs and record.digest else None
-                )
-                cache[file_id] = ExplorerPhoto(
-                    path=record.path,
-                    target=os.path.join(self.images, record.path),
-                    thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
-                    flat=record.path in flat,
-                )
-        position = {file_id: i for i, file_id in enumerate(ids)}
+                cache[file_id] = _explorer_photo(self.images, record.path, record.digest,
+                                                 thumbs, flat)
         photos = [cache[file_id] for file_id in ids]
-        algorithms = [
-            ExplorerAlgorithm(
-                name=a.name,
-                thresholds=a.thresholds,
-                forest=self._indexes[a.name].forest,
-                vertices=[position[k] for k in keys[a.name]],
-            )
-            for a in self.algorithms
-        ]
+        algorithms = _explorer_algorithms(
+            ids, [(a.name, a.thresholds, self._indexes[a.name].forest, keys[a.name])
+                  for a in self.algorithms])
         return page_files(photos, algorithms, self._page_memo, root=os.fspath(self.images))
 
     def _fingerprint(self) -> str:
@@ -1147,26 +1133,37 @@ def _explorer_files(
     """The explorer page's files: ``paths`` and ``digests`` by file id, ``flat`` paths, the
     thumbnail folder, and each algorithm's (name, thresholds, forest, vertex keys)."""
     ids = sorted({k for _, _, _, keys in sweeps for k in keys})
+    photos = [
+        _explorer_photo(images, paths[file_id], digests.get(file_id), thumbs, flat)
+        for file_id in ids
+    ]
+    return page_files(photos, _explorer_algorithms(ids, sweeps), root=os.fspath(images))
+
+
+def _explorer_photo(
+    images: Path, path: str, digest: bytes | None, thumbs: Path | None, flat: set[str]
+) -> ExplorerPhoto:
+    """One photo's entry on the explorer page (both modes make their pages with this)."""
+    thumb = thumbnail_path(thumbs, digest) if thumbs and digest else None
+    return ExplorerPhoto(
+        path=path,
+        target=os.path.join(images, path),
+        thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
+        flat=path in flat,
+    )
+
+
+def _explorer_algorithms(
+    ids: Sequence[int], sweeps: Iterable[tuple[str, Sequence[int], Forest, Sequence[int]]]
+) -> list[ExplorerAlgorithm]:
+    """Each algorithm's part of the explorer page: its forest, its vertices as positions in
+    ``ids`` (the page's photo order)."""
     position = {file_id: i for i, file_id in enumerate(ids)}
-    photos = []
-    for file_id in ids:
-        path = paths[file_id]
-        digest = digests.get(file_id)
-        thumb = thumbnail_path(thumbs, digest) if thumbs and digest else None
-        photos.append(
-            ExplorerPhoto(
-                path=path,
-                target=os.path.join(images, path),
-                thumbnail=os.fspath(thumb) if thumb and thumb.is_file() else None,
-                flat=path in flat,
-            )
-        )
-    algorithms = [
+    return [
         ExplorerAlgorithm(name=name, thresholds=thresholds, forest=forest,
                           vertices=[position[k] for k in keys])
         for name, thresholds, forest, keys in sweeps
     ]
-    return page_files(photos, algorithms, root=os.fspath(images))
 
 
 def _return_free_memory() -> None:
