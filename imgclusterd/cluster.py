@@ -68,6 +68,8 @@ _FAR = np.iinfo(np.uint16).max  # "no edge yet"; real distances are <= hash bits
 #: Incremental updates touching more than this share of the rows rebuild from scratch instead:
 #: k*N distances plus a sparse Kruskal stop paying off against Prim's N**2/2 around here.
 REBUILD_SHARE = 0.25
+# (weight, u, v) packed in one int64 for merging sorted edges: fits below 2**21 vertices.
+_MERGE_KEY_LIMIT = 1 << 21
 # Upper bound on temporaries of shape (rows, N): ~8 MB of uint64 per block.
 _BLOCK_ELEMENTS = 1 << 20
 
@@ -365,14 +367,55 @@ def _check_limit(forest: Forest, limit: int) -> Forest:
     return Forest(forest.n, forest.u[keep], forest.v[keep], forest.w[keep], limit)
 
 
-def _kruskal(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray, limit: int) -> Forest:
-    """Minimum spanning forest of a sparse candidate edge set (no duplicate pairs)."""
-    if len(w) == 0:
-        return _empty_forest(n, limit)
-    # scipy ignores zero-weight entries, so shift weights by one (exact duplicates are 0).
-    graph = coo_array((np.asarray(w, np.int32) + 1, (u, v)), shape=(n, n)).tocsr()
-    tree = minimum_spanning_tree(graph).tocoo()
-    return _make_forest(n, tree.row, tree.col, np.asarray(tree.data, np.int64) - 1, limit)
+def _kruskal_add(
+    n: int,
+    u: np.ndarray,
+    v: np.ndarray,
+    w: np.ndarray,
+    eu: np.ndarray,
+    ev: np.ndarray,
+    ew: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum spanning forest of a forest ``(u, v, w)`` (normalised and sorted, as in
+    :class:`Forest`) plus extra edges ``(eu, ev, ew)`` (no pair twice), normalised and sorted.
+
+    Why not a Kruskal and a sort of everything: the result is the forest minus a few edges
+    plus a few extra ones. Each candidate gets a distinct weight ``w * (E + 1) + index`` (the
+    forest's edges first on equal ``w``), so the tree scipy returns names its candidates by
+    index: what stays of the forest is still sorted, and only the extra edges kept are sorted
+    and merged in.
+    """
+    m = len(w)
+    lo, hi = np.minimum(eu, ev), np.maximum(eu, ev)
+    total = m + len(ew)
+    if not len(ew):
+        return u, v, w
+    data = np.concatenate([w, ew]).astype(np.float64) * (total + 1) + np.arange(1, total + 1)
+    graph = coo_array((data, (np.concatenate([u, lo]), np.concatenate([v, hi]))), shape=(n, n))
+    tree = minimum_spanning_tree(graph.tocsr()).tocoo()
+    picked = np.rint(tree.data).astype(np.int64) % (total + 1) - 1
+    keep = np.zeros(total, dtype=bool)
+    keep[picked] = True
+    ku, kv, kw = u[keep[:m]], v[keep[:m]], w[keep[:m]]
+    extra = np.flatnonzero(keep[m:])
+    xu, xv, xw = lo[extra], hi[extra], np.asarray(ew)[extra]
+    if not len(extra):
+        return ku, kv, kw
+    if n >= _MERGE_KEY_LIMIT:  # the merge key below would overflow: sort everything
+        au, av, aw = (np.concatenate(pair) for pair in ((ku, xu), (kv, xv), (kw, xw)))
+        f = _make_forest(n, au, av, aw, int(_FAR))
+        return f.u, f.v, f.w
+
+    def key(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (c.astype(np.int64) * n + a) * n + b
+
+    order = np.argsort(key(xu, xv, xw))
+    at = np.searchsorted(key(ku, kv, kw), key(xu, xv, xw)[order])
+    return (
+        np.insert(ku, at, xu[order]),
+        np.insert(kv, at, xv[order]),
+        np.insert(kw, at, xw[order]),
+    )
 
 
 def extend_forest(
@@ -399,8 +442,12 @@ def extend_forest(
     forest = _check_limit(forest, limit)
     if rebuild_share is not None and len(new) > rebuild_share * n:
         return spanning_forest(packed, limit)
-    old = np.setdiff1d(np.arange(n), new)
-    u, v, w = old[forest.u], old[forest.v], forest.w  # re-indexed into packed's rows
+    if not len(new) or new[0] == n - len(new):  # new rows last: the index's case
+        old = np.arange(n - len(new))
+        u, v, w = forest.u, forest.v, forest.w
+    else:
+        old = np.setdiff1d(np.arange(n), new)
+        u, v, w = old[forest.u], old[forest.v], forest.w  # re-indexed into packed's rows
     present = np.zeros(n, dtype=bool)
     present[old] = True
     # Batches keep the candidate edge list (and the k x N distance block) bounded.
@@ -415,13 +462,14 @@ def extend_forest(
         bi, bj = np.tril_indices(len(rows), -1)
         close = inner[bi, bj] <= limit
         bi, bj = bi[close], bj[close]
-        cu = np.concatenate([u, rows[ri], rows[bi]])
-        cv = np.concatenate([v, cols, rows[bj]])
-        cw = np.concatenate([w, dist[ri, cols], inner[bi, bj]])
-        merged = _kruskal(n, cu, cv, cw, limit)
-        u, v, w = merged.u, merged.v, merged.w
+        u, v, w = _kruskal_add(
+            n, u, v, w,
+            np.concatenate([rows[ri], rows[bi]]),
+            np.concatenate([cols, rows[bj]]),
+            np.concatenate([dist[ri, cols], inner[bi, bj]]),
+        )  # fmt: skip
         present[rows] = True
-    return _make_forest(n, u, v, w, limit)
+    return Forest(n, u.astype(np.int32), v.astype(np.int32), w.astype(np.uint16), limit)
 
 
 def _labels(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -24,15 +24,17 @@ numbering key needs no extra pass.
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cluster import Forest, _merge
+from .cluster import Forest, _labels, _merge
 
-__all__ = ["ClusterChange", "ThresholdDelta", "sweep_delta"]
+__all__ = ["ClusterChange", "Numbering", "SweepState", "ThresholdDelta", "sweep_delta",
+           "sweep_delta_from"]
 
 logger = logging.getLogger(__name__)
 
@@ -356,3 +358,581 @@ def _lightest(side: _Side, vertices: np.ndarray) -> int:
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else _EMPTY
+
+
+# --------------------------------------------------------------------------- following a sweep
+#
+# sweep_delta above labels every vertex at every threshold that a change reaches: O(N) numpy
+# passes, ~440 times for the default sweep, on both sides. sweep_delta_from gives the same
+# deltas at the cost of what changed, from what the previous refresh kept (a SweepState):
+#
+# - the changed components are found by walking the two forests from the changed vertices
+#   along edges <= t (their size, not N); a walk that grows past a share of N (a giant cluster
+#   at the top thresholds) labels that side once instead;
+# - cluster numbers come from the previous sweep's Numbering: the unchanged clusters keep their
+#   relative order (size, then first path), so the changed ones are taken out and put back
+#   with binary searches, and the numbers in between are the renumbered ones.
+
+
+_NEVER = int(np.iinfo(np.int32).max)
+
+#: A walk of a forest stops and the side is labelled instead past this many vertices, or 1/32
+#: of the images (a vertex walked costs about what 1/32 of a numpy labelling pass costs).
+WALK_MIN = 512
+
+
+@dataclass
+class Numbering:
+    """The clusters of one sweep at each threshold in number order -- the key of each one's
+    first member (by rank) and minus its size (so ascending) -- and the unclustered count."""
+
+    first: dict[int, np.ndarray] = field(default_factory=dict)
+    minus_sizes: dict[int, np.ndarray] = field(default_factory=dict)
+    unclustered: dict[int, int] = field(default_factory=dict)
+
+    def covers(self, thresholds: Iterable[int]) -> bool:
+        return all(int(t) in self.first for t in thresholds)
+
+
+class SweepState:
+    """One algorithm's sweep as the output last saw it, kept for the next delta.
+
+    ``keys[i]``/``ranks[i]``: key and sort rank of vertex ``i`` of ``forest``; ``position``:
+    key -> vertex. The numbering is made from scratch on first need (or by
+    :func:`sweep_delta_from`, from the previous one); arrays are never modified in place.
+    """
+
+    def __init__(
+        self,
+        forest: Forest,
+        keys: np.ndarray,
+        ranks: np.ndarray,
+        position: Mapping[int, int],
+    ) -> None:
+        if len(keys) != forest.n or len(ranks) != forest.n:
+            raise ValueError(f"need one key and one rank per vertex ({forest.n})")
+        self.forest = forest
+        self.keys = np.asarray(keys)
+        self.ranks = np.asarray(ranks)
+        self.position = position
+        self.numbering: Numbering | None = None
+        self._adjacency: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._by_rank: np.ndarray | None = None
+        self._table: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.forest.n
+
+    def adjacency(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, neighbour, weight): vertex i's forest edges are ``start[i]:start[i+1]``,
+        lightest first."""
+        if self._adjacency is None:
+            f, n = self.forest, self.forest.n
+            # Edge-major order keeps the forest's weight order within each vertex's list.
+            ends = np.stack([f.u, f.v], axis=1).ravel()
+            others = np.stack([f.v, f.u], axis=1).ravel()
+            order = np.argsort(ends, kind="stable")
+            start = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(np.bincount(ends, minlength=n), out=start[1:])
+            self._adjacency = (start, others[order], np.repeat(f.w, 2)[order])
+        return self._adjacency
+
+    def by_rank(self) -> np.ndarray:
+        """Vertices in rank order (ties by vertex)."""
+        if self._by_rank is None:
+            n, ranks = self.n, self.ranks
+            order = None
+            # The pipeline's ranks are positions 0..n-1: a scatter, no sort.
+            if np.issubdtype(ranks.dtype, np.integer) and n and ranks.min() >= 0 and (
+                ranks.max() < n
+            ):
+                order = np.full(n, -1, dtype=np.int64)
+                order[ranks] = np.arange(n)
+                if order.min() < 0:  # ties
+                    order = None
+            self._by_rank = order if order is not None else np.lexsort((np.arange(n), ranks))
+        return self._by_rank
+
+    def vertices(self, keys: np.ndarray) -> np.ndarray:
+        """The vertex of each key (-1: not in this sweep)."""
+        keys = np.asarray(keys)
+        if not np.issubdtype(self.keys.dtype, np.integer) or not len(self.keys):
+            return np.array([self.position.get(k, -1) for k in keys.tolist()], dtype=np.int64)
+        if self._table is None:  # file ids: a table over them, no sort
+            self._table = np.full(int(self.keys.max()) + 1, -1, dtype=np.int64)
+            if self.keys.min() < 0:
+                raise ValueError("keys must not be negative")
+            self._table[self.keys] = np.arange(self.n)
+        inside = (keys >= 0) & (keys < len(self._table))
+        found = np.full(len(keys), -1, dtype=np.int64)
+        found[inside] = self._table[keys[inside]]
+        return found
+
+    def rank_key(self, vertex: int) -> tuple[object, int]:
+        """The numbering's tie break of a component whose first member is ``vertex``."""
+        return (self.ranks[vertex].item(), vertex)
+
+    def numbering_for(self, thresholds: Sequence[int]) -> Numbering:
+        if self.numbering is None or not self.numbering.covers(thresholds):
+            self.numbering = _numbering(self.forest, self.keys, self.ranks, thresholds)
+        return self.numbering
+
+
+def _numbering(
+    forest: Forest, keys: np.ndarray, ranks: np.ndarray, thresholds: Sequence[int]
+) -> Numbering:
+    """The numbering from scratch: a sweep labelling every vertex (O(N) per threshold)."""
+    side = _Side(forest, keys, ranks)
+    out = Numbering()
+    for t in sorted({int(x) for x in thresholds}):
+        side.advance(t)
+        clustered = np.flatnonzero(side.sizes >= 2)
+        order = clustered[np.lexsort((clustered, -side.sizes[clustered]))]
+        out.first[t] = side.keys[order]
+        out.minus_sizes[t] = -side.sizes[order]
+        out.unclustered[t] = int(np.count_nonzero(side.sizes == 1))
+    return out
+
+
+class _Found:
+    """The components at threshold ``t`` of one side that hold given vertices.
+
+    Walks the forest while that stays small; past ``cap`` vertices it labels the side once
+    (O(N), in C) and answers from the labels. ``hint`` (shared by the thresholds of one
+    sweep, visited rising): the lowest threshold that needed labels -- components only grow
+    with the threshold, so the thresholds above it label at once instead of walking first.
+    """
+
+    def __init__(self, state: SweepState, t: int, cap: int, labelling: _Labelling) -> None:
+        self.state, self.t, self.cap, self.labelling = state, t, cap, labelling
+        self.comps: list[np.ndarray] = []  # members, in rank order
+        self.where: dict[int, int] = {}  # walk mode: vertex -> component
+        self.labels: np.ndarray | None = None  # label mode
+        self.lookup = _EMPTY  # label mode: label -> component (-1: none)
+        self.seeds: list[np.ndarray] = []
+        # The lightest edge above t leaving a component found: below it, they are the same.
+        self.escape = _NEVER
+
+    def add(self, seeds: np.ndarray) -> None:
+        self.seeds.append(seeds)
+        if self.labels is None:
+            if (
+                len(seeds) <= self.cap
+                and not self.labelling.wanted(self.t)
+                and self._walk(seeds.tolist())
+            ):
+                return
+            self.labels = self.labelling.at(self.t)
+            self.lookup = np.full(len(self.labels), -1, dtype=np.int64)
+            f = self.state.forest
+            k = self.labelling.done
+            self.escape = int(f.w[k]) if k < len(f.w) else _NEVER
+            self.comps, self.where = [], {}
+            seeds = _concat_members(self.seeds)
+        labels = self.labels[seeds]
+        fresh = np.unique(labels[self.lookup[labels] < 0])
+        if not len(fresh):
+            return
+        first = len(self.comps)
+        self.lookup[fresh] = np.arange(first, first + len(fresh))
+        by_rank = self.state.by_rank()
+        comp = self.lookup[self.labels[by_rank]]
+        if len(fresh) == 1:
+            self.comps.append(by_rank[comp == first])
+            return
+        inside = np.flatnonzero(comp >= first)  # in rank order; grouped by a stable sort
+        inside = inside[np.argsort(comp[inside], kind="stable")]
+        cuts = np.flatnonzero(np.diff(comp[inside])) + 1
+        self.comps.extend(np.split(by_rank[inside], cuts))
+
+    def _walk(self, seeds: list[int]) -> bool:
+        start, neighbour, weight = self.state.adjacency()
+        t, where, escape = self.t, self.where, self.escape
+        for s in seeds:
+            if s in where:
+                continue
+            number = len(self.comps)
+            where[s] = number
+            members, stack = [s], [s]
+            while stack:
+                x = stack.pop()
+                a, b = int(start[x]), int(start[x + 1])
+                for y, w in zip(neighbour[a:b].tolist(), weight[a:b].tolist(), strict=True):
+                    if w > t:
+                        escape = min(escape, w)
+                        break  # lightest first
+                    if y not in where:
+                        where[y] = number
+                        members.append(y)
+                        stack.append(y)
+                if len(where) > self.cap:
+                    return False
+            found = np.array(members, dtype=np.int64)
+            self.comps.append(found[np.lexsort((found, self.state.ranks[found]))])
+        self.escape = escape
+        return True
+
+    def of(self, vertices: np.ndarray) -> np.ndarray:
+        """The component of each vertex (all must be in one found)."""
+        if self.labels is not None:
+            found = self.lookup[self.labels[vertices]]
+            if len(found) and int(found.min()) < 0:
+                raise KeyError("a vertex outside the components found")
+            return found
+        return np.array([self.where[x] for x in vertices.tolist()], dtype=np.int64)
+
+
+class _Labelling:
+    """Labels of one side for the thresholds of one sweep, visited rising: the first one that
+    needs them labels every vertex, the next ones merge only the edges in between."""
+
+    def __init__(self, state: SweepState) -> None:
+        self.state = state
+        self.t: int | None = None  # lowest threshold that needed labels, then the last
+        self.labels = _EMPTY
+        self.done = 0
+
+    def wanted(self, t: int) -> bool:
+        """Labels were needed below ``t``: the components only grow, so they are needed now."""
+        return self.t is not None and self.t <= t
+
+    def at(self, t: int) -> np.ndarray:
+        f = self.state.forest
+        k = int(np.searchsorted(f.w, t, side="right"))
+        if self.t is None or self.t > t:
+            self.labels = _labels(f.n, f.u[:k], f.v[:k])
+        elif k > self.done:
+            self.labels = _merge(self.labels, f.u[self.done : k], f.v[self.done : k])
+        self.t, self.done = t, k
+        return self.labels
+
+
+class _Survivors:
+    """Old vertex <-> new vertex of the images in both sweeps (-1: not in the other)."""
+
+    _SMALL = 64
+
+    def __init__(self, old: SweepState, new: SweepState) -> None:
+        self.old, self.new = old, new
+
+    def to_new(self, vertices: np.ndarray) -> np.ndarray:
+        return self._map(self.old, self.new, vertices)
+
+    def to_old(self, vertices: np.ndarray) -> np.ndarray:
+        return self._map(self.new, self.old, vertices)
+
+    def _map(self, here: SweepState, there: SweepState, vertices: np.ndarray) -> np.ndarray:
+        keys = here.keys[vertices]
+        if len(vertices) > self._SMALL:
+            return there.vertices(keys)
+        position = there.position
+        return np.array([position.get(k, -1) for k in keys.tolist()], dtype=np.int64)
+
+
+def sweep_delta_from(
+    old: SweepState,
+    new: SweepState,
+    thresholds: Sequence[int],
+    touched: Iterable[int] = (),
+    *,
+    added: Iterable[int] | None = None,
+    removed: Iterable[int] | None = None,
+) -> list[ThresholdDelta]:
+    """:func:`sweep_delta` (same arguments' meaning, same deltas) at the cost of what changed,
+    and ``new.numbering`` set for the next call.
+
+    ``added``/``removed``: keys new to ``new`` / gone from ``old``, when the caller knows them
+    (otherwise every key is compared). A key in both sweeps that is listed in either counts as
+    touched.
+    """
+    wanted = sorted({int(t) for t in thresholds})
+    before = old.numbering_for(wanted)
+    hot = {int(k) for k in touched}
+    if added is None or removed is None:
+        hot |= set(old.position).symmetric_difference(new.position)
+    else:
+        hot |= {int(k) for k in added} | {int(k) for k in removed}
+    a_hot = np.array(sorted(old.position[k] for k in hot if k in old.position), dtype=np.int64)
+    b_hot = np.array(sorted(new.position[k] for k in hot if k in new.position), dtype=np.int64)
+    both = [k for k in hot if k in old.position and k in new.position]
+    a_touch = np.array(sorted(old.position[k] for k in both), dtype=np.int64)
+    b_touch = np.array(sorted(new.position[k] for k in both), dtype=np.int64)
+    survivors = _Survivors(old, new)
+    cap = max(WALK_MIN, max(old.n, new.n) // 32)
+    labellings = (_Labelling(old), _Labelling(new))
+
+    # Below the lightest edge of a changed image every changed image is a single on its side
+    # and nothing else differs (see sweep_delta).
+    quiet_below = min(_lightest_edge(old, a_hot), _lightest_edge(new, b_hot))
+    quiet_added = np.sort(new.keys[b_hot])
+    quiet_removed = np.sort(old.keys[a_hot])
+
+    after = Numbering()
+    result: dict[int, ThresholdDelta] = {}
+    local: _Local | None = None
+    for t in wanted:
+        if t < quiet_below:
+            after.first[t] = before.first[t]
+            after.minus_sizes[t] = before.minus_sizes[t]
+            after.unclustered[t] = before.unclustered[t] - len(a_hot) + len(b_hot)
+            result[t] = ThresholdDelta(
+                threshold=t,
+                clusters=len(before.first[t]),
+                unclustered=after.unclustered[t],
+                unclustered_added=quiet_added,
+                unclustered_removed=quiet_removed,
+            )
+            continue
+        if local is None or t >= local.escape:
+            local = _changes_at(t, old, new, survivors, cap, labellings,
+                                a_hot, b_hot, a_touch, b_touch)  # fmt: skip
+        result[t] = _numbered(t, local, old, new, before, after)
+    new.numbering = after
+    return [result[int(t)] for t in thresholds]
+
+
+def _lightest_edge(state: SweepState, vertices: np.ndarray) -> int:
+    if not len(vertices):
+        return _NEVER
+    start, _, weight = state.adjacency()
+    first = start[vertices]
+    has = first < start[vertices + 1]
+    return int(weight[first[has]].min()) if has.any() else _NEVER
+
+
+@dataclass
+class _Local:
+    """What changed at a threshold, but the numbers: the same at every threshold up to
+    ``escape`` (exclusive), since no edge lighter than that leaves a component found."""
+
+    escape: int
+    a_comps: list[np.ndarray]  # changed old components, members in rank order
+    b_comps: list[np.ndarray]  # changed new components
+    # (new component, kind, old component it is patched from or None, added keys, removed keys)
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]]
+    gone: list[tuple[int, str]]  # (old component, kind) of the old clusters among them
+    unclustered_added: np.ndarray
+    unclustered_removed: np.ndarray
+    singles: int  # new singles - old singles among them
+
+
+def _changes_at(
+    t: int,
+    old: SweepState,
+    new: SweepState,
+    survivors: _Survivors,
+    cap: int,
+    labellings: tuple[_Labelling, _Labelling],
+    a_hot: np.ndarray,
+    b_hot: np.ndarray,
+    a_touch: np.ndarray,
+    b_touch: np.ndarray,
+) -> _Local:
+    # Changed components on each side (see the module docstring): one round is closed.
+    a = _Found(old, t, cap, labellings[0])
+    b = _Found(new, t, cap, labellings[1])
+    a.add(a_hot)
+    b.add(b_hot)
+    to_b = survivors.to_new(_concat_members(a.comps))
+    to_a = survivors.to_old(_concat_members(b.comps))
+    b.add(to_b[to_b >= 0])
+    a.add(to_a[to_a >= 0])
+    a_size = [len(c) for c in a.comps]
+    b_size = [len(c) for c in b.comps]
+    a_touched = set(a_touch.tolist())
+    b_touched = set(b_touch.tolist())
+
+    # Changed new components: members, and the old cluster each is best patched from.
+    a_pieces: dict[int, int] = {}  # old component -> new components its survivors went to
+    b_parts: dict[int, list[int]] = {}
+    b_olds: dict[int, np.ndarray] = {}
+    overlaps: list[tuple[int, tuple[object, int], tuple[object, int], int, int]] = []
+    for j, members in enumerate(b.comps):
+        olds = survivors.to_old(members)
+        b_olds[j] = olds
+        counts = _count(a.of(olds[olds >= 0]))
+        b_parts[j] = [p for p in counts if a_size[p] >= 2]
+        for part, count in counts.items():
+            a_pieces[part] = a_pieces.get(part, 0) + 1
+            if a_size[part] >= 2 and b_size[j] >= 2:
+                overlaps.append((-count, new.rank_key(int(members[0])),
+                                 old.rank_key(int(a.comps[part][0])), j, part))  # fmt: skip
+    base_of: dict[int, int] = {}
+    used: set[int] = set()
+    for _, _, _, j, part in sorted(overlaps, key=lambda o: o[:3]):
+        if j not in base_of and part not in used:
+            base_of[j] = part
+            used.add(part)
+
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
+    unclustered_added: list[np.ndarray] = []
+    for j, members in enumerate(b.comps):
+        olds = b_olds[j]
+        if b_size[j] < 2:  # a single: unclustered now
+            was = int(olds[0])
+            if was < 0 or a_size[int(a.of(olds[:1])[0])] >= 2 or int(members[0]) in b_touched:
+                unclustered_added.append(new.keys[members])
+            continue
+        base = base_of.get(j)
+        if base is None:
+            added, removed = members, _EMPTY
+        else:
+            inside = (olds >= 0) & ~_among(members, b_touched)
+            inside[inside] = a.of(olds[inside]) == base
+            added = members[~inside]
+            base_members = a.comps[base]
+            targets = survivors.to_new(base_members)
+            stays = targets >= 0
+            stays[stays] = b.of(targets[stays]) == j
+            stays &= ~_among(base_members, a_touched)
+            removed = base_members[~stays]
+        parts_clustered = b_parts[j]
+        if len(parts_clustered) >= 2:
+            kind = "merged"
+        elif not parts_clustered:
+            kind = "added"
+        elif a_pieces.get(parts_clustered[0], 0) >= 2:
+            kind = "split"
+        else:
+            kind = "changed"
+        changes.append((j, kind, base, new.keys[added],
+                        old.keys[removed] if len(removed) else _EMPTY))  # fmt: skip
+
+    gone: list[tuple[int, str]] = []
+    unclustered_removed: list[np.ndarray] = []
+    for i, members in enumerate(a.comps):
+        targets = survivors.to_new(members)
+        if a_size[i] < 2:  # an old single: it left the unclustered set, or was touched
+            now = int(targets[0])
+            if now < 0 or b_size[int(b.of(targets[:1])[0])] >= 2 or int(members[0]) in a_touched:
+                unclustered_removed.append(old.keys[members])
+            continue
+        pieces = list(_count(b.of(targets[targets >= 0])))
+        clustered_pieces = [p for p in pieces if b_size[p] >= 2]
+        if not clustered_pieces:
+            kind = "removed"
+        elif len(pieces) >= 2:
+            kind = "split"
+        elif any(len(b_parts.get(p, ())) >= 2 for p in clustered_pieces):
+            kind = "merged"
+        else:
+            kind = "changed"
+        gone.append((i, kind))
+    return _Local(
+        escape=min(a.escape, b.escape),
+        a_comps=a.comps,
+        b_comps=b.comps,
+        changes=changes,
+        gone=gone,
+        unclustered_added=_concat(unclustered_added),
+        unclustered_removed=_concat(unclustered_removed),
+        singles=b_size.count(1) - a_size.count(1),
+    )
+
+
+def _numbered(
+    t: int,
+    local: _Local,
+    old: SweepState,
+    new: SweepState,
+    before: Numbering,
+    after: Numbering,
+) -> ThresholdDelta:
+    """The delta at ``t``: ``local``'s changes numbered from ``before``'s order at ``t``, whose
+    changed clusters leave it and new ones enter it (``after``, for the next refresh)."""
+    old_first, old_minus = before.first[t], before.minus_sizes[t]
+    at_old = {
+        i: _locate(old_first, old_minus, old.keys[c[0]].item(), len(c))
+        for i, c in enumerate(local.a_comps)
+        if len(c) >= 2
+    }
+    leaving = sorted(at_old.values())
+    kept_first = np.delete(old_first, leaving) if leaving else old_first
+    kept_minus = np.delete(old_minus, leaving) if leaving else old_minus
+    entering = sorted(
+        (-len(c), new.rank_key(int(c[0])), j) for j, c in enumerate(local.b_comps) if len(c) >= 2
+    )
+    rank_of, position = new.ranks, new.position
+
+    def key_at(i: int) -> tuple[object, int]:
+        vertex = position[kept_first[i].item()]
+        return (rank_of[vertex].item(), vertex)
+
+    at: list[int] = []
+    for minus, rank_key, _ in entering:
+        lo = int(np.searchsorted(kept_minus, minus, side="left"))
+        hi = int(np.searchsorted(kept_minus, minus, side="right"))
+        at.append(bisect.bisect_left(range(lo, hi), rank_key, key=key_at) + lo)
+    number = {j: at[i] + i + 1 for i, (_, _, j) in enumerate(entering)}
+    after.unclustered[t] = before.unclustered[t] + local.singles
+    renumbered: list[tuple[int, int]] = []
+    if leaving or entering:
+        after.first[t] = np.insert(kept_first, at,
+                                   [new.keys[local.b_comps[j][0]] for _, _, j in entering])
+        after.minus_sizes[t] = np.insert(kept_minus, at, [m for m, _, _ in entering])
+        # The unchanged clusters between the first change and the end of the order may move.
+        start = min([*leaving, *at])
+        kept_old = np.delete(np.arange(start, len(old_first)), [p - start for p in leaving])
+        here = np.arange(start, start + len(kept_old))
+        final = here + np.searchsorted(np.asarray(at, dtype=np.int64), here, side="right")
+        moved = final != kept_old
+        renumbered = list(zip((kept_old[moved] + 1).tolist(), (final[moved] + 1).tolist(),
+                              strict=True))  # fmt: skip
+    else:
+        after.first[t], after.minus_sizes[t] = old_first, old_minus
+    changed = sorted(
+        (
+            ClusterChange(
+                number=number[j],
+                size=len(local.b_comps[j]),
+                kind=kind,
+                base=at_old[base] + 1 if base is not None else 0,
+                added=added,
+                removed=removed,
+            )
+            for j, kind, base, added, removed in local.changes
+        ),
+        key=lambda change: change.number,
+    )
+    return ThresholdDelta(
+        threshold=t,
+        clusters=len(after.first[t]),
+        unclustered=after.unclustered[t],
+        changed=changed,
+        gone=sorted((at_old[i] + 1, kind) for i, kind in local.gone),
+        renumbered=renumbered,
+        unclustered_added=local.unclustered_added,
+        unclustered_removed=local.unclustered_removed,
+    )
+
+
+def _count(values: np.ndarray) -> dict[int, int]:
+    """value -> occurrences, in ascending value order."""
+    if len(values) > 64:
+        found, counts = np.unique(values, return_counts=True)
+        return dict(zip(found.tolist(), counts.tolist(), strict=True))
+    out: dict[int, int] = {}
+    for v in sorted(values.tolist()):
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _among(vertices: np.ndarray, chosen: set[int]) -> np.ndarray:
+    if not chosen:
+        return np.zeros(len(vertices), dtype=bool)
+    return np.fromiter((v in chosen for v in vertices.tolist()), dtype=bool, count=len(vertices))
+
+
+def _concat_members(comps: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(comps) if comps else _EMPTY
+
+
+def _locate(first: np.ndarray, minus_sizes: np.ndarray, key: object, size: int) -> int:
+    """Index of the cluster of ``size`` whose first member is ``key`` in a numbering."""
+    lo = int(np.searchsorted(minus_sizes, -size, side="left"))
+    hi = int(np.searchsorted(minus_sizes, -size, side="right"))
+    hits = np.flatnonzero(first[lo:hi] == key)
+    if not len(hits):
+        raise ValueError(f"no cluster of size {size} led by {key!r}: the numbering is stale")
+    return lo + int(hits[0])

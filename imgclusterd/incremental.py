@@ -2,9 +2,10 @@
 
 Wiring, not a stage: :class:`AlgorithmState` remembers what the last refresh handed to the
 output for one algorithm (the spanning forest, its vertices' keys and ranks, their hashes and
-paths); :func:`tree_patches` asks the cluster stage what changed since
-(:func:`imgclusterd.clusterdelta.sweep_delta`) and turns it into the output stage's folder
-patches (:class:`imgclusterd.output.ThresholdPatch`), naming only the links that changed.
+paths, and the sweep's cluster numbering); :func:`tree_patches` asks the cluster stage what
+changed since (:func:`imgclusterd.clusterdelta.sweep_delta_from`, which costs what changed) and
+turns it into the output stage's folder patches (:class:`imgclusterd.output.ThresholdPatch`),
+naming only the links that changed.
 
 Link names. A folder's names are made unique by :func:`imgclusterd.output.folder_links`
 (``<stem>_<hash>_2<ext>`` for the second of two equal names). Two links with the same name
@@ -24,7 +25,7 @@ import numpy as np
 
 from .algorithms import hash_hex
 from .cluster import ClusterIndex, Forest
-from .clusterdelta import ThresholdDelta, sweep_delta
+from .clusterdelta import SweepState, ThresholdDelta, sweep_delta_from
 from .output import FolderPatch, Link, ThresholdPatch, folder_links, link_name
 
 __all__ = ["AlgorithmState", "link_for", "tree_patches"]
@@ -45,6 +46,8 @@ class AlgorithmState:
     paths: Mapping[int, str]  # file id -> relative path
     # hash bytes held by two or more photos -> their file ids (usually empty)
     duplicates: dict[bytes, list[int]] = field(default_factory=dict)
+    # the forest, keys and ranks again, with what the next delta reuses (see sweep_state)
+    sweep: SweepState | None = None
 
     @classmethod
     def capture(
@@ -55,15 +58,25 @@ class AlgorithmState:
         rank: Callable[[np.ndarray], np.ndarray],
         previous: AlgorithmState | None = None,
         added: Iterable[int] = (),
+        removed: Iterable[int] | None = None,
     ) -> AlgorithmState:
+        """This refresh's state; ``previous`` with the keys ``added`` (or with a new hash) and
+        ``removed`` since spares a look at every duplicate group (``removed`` None: unknown)."""
         keys = np.asarray(index.key_array(), dtype=np.int64)
         packed = index.packed
         state = cls(bits, index.forest, keys, rank(keys), packed, index.positions, paths)
         if previous is None:
             state.duplicates = _all_duplicates(keys, packed)
         else:
-            state.duplicates = _update_duplicates(previous.duplicates, state, added)
+            state.duplicates = _update_duplicates(previous, state, added, removed)
         return state
+
+    def sweep_state(self) -> SweepState:
+        """The sweep as :func:`imgclusterd.clusterdelta.sweep_delta_from` follows it (made
+        once; its numbering is made from scratch on first need, or by the next delta)."""
+        if self.sweep is None:
+            self.sweep = SweepState(self.forest, self.keys, self.ranks, self.position)
+        return self.sweep
 
     def hash_of(self, key: int) -> bytes:
         return self.packed[self.position[key]].tobytes()
@@ -108,14 +121,36 @@ def _all_duplicates(keys: np.ndarray, packed: np.ndarray) -> dict[bytes, list[in
 
 
 def _update_duplicates(
-    old: dict[bytes, list[int]], state: AlgorithmState, added: Iterable[int]
+    previous: AlgorithmState,
+    state: AlgorithmState,
+    added: Iterable[int],
+    removed: Iterable[int] | None,
 ) -> dict[bytes, list[int]]:
-    """The duplicate groups after a refresh: drop vanished keys, look up each added hash."""
-    found: dict[bytes, list[int]] = {}
-    for value, group in old.items():
+    """The duplicate groups after a refresh: drop vanished keys, look up each added hash.
+
+    With ``removed`` known, only the groups of keys removed or re-hashed are looked at (a
+    library of photo bursts has thousands of groups; a refresh changes a few)."""
+    added = list(added)
+    old = previous.duplicates
+    if removed is None:
+        stale = list(old)
+        found: dict[bytes, list[int]] = {}
+    else:
+        found = dict(old)
+        stale = [
+            previous.hash_of(key)
+            for key in {*added, *removed}
+            if key in previous.position
+        ]
+    for value in stale:
+        group = old.get(value)
+        if group is None:
+            continue
         alive = [k for k in group if k in state.position and state.hash_of(k) == value]
         if len(alive) >= 2:
             found[value] = alive
+        else:
+            found.pop(value, None)
     for key in added:
         row = state.packed[state.position[key]]
         same = np.flatnonzero((state.packed == row).all(axis=1))
@@ -152,6 +187,8 @@ def tree_patches(
     comparison of every key and path (O(N) per algorithm, the bulk of a small refresh); when
     not given it is worked out from the two states.
     """
+    added = None if added is None else list(added)
+    removed = None if removed is None else list(removed)
     if moved is None:
         moved = {
             k for k, path in new.paths.items()
@@ -169,9 +206,9 @@ def tree_patches(
         for k in _group_keys(old, hot) | _group_keys(new, hot)
         if k in old.position and k in new.position
     }
-    deltas = sweep_delta(
-        old.forest, old.keys, old.ranks, new.forest, new.keys, new.ranks, thresholds,
-        touched=np.fromiter(sorted(touched), dtype=np.int64, count=len(touched)),
+    deltas = sweep_delta_from(
+        old.sweep_state(), new.sweep_state(), thresholds, sorted(touched),
+        added=added, removed=removed,
     )  # fmt: skip
     patches = []
     for delta in deltas:

@@ -788,7 +788,7 @@ class Pipeline:
             added, changed, removed = updates[algorithm.name]
             old = states.get(algorithm.name) if incremental else None
             state = AlgorithmState.capture(
-                algorithm.bits, index, paths, self.catalog.ranks, old, added
+                algorithm.bits, index, paths, self.catalog.ranks, old, added, removed
             )
             pending[algorithm.name] = state
             if old is not None:
@@ -825,6 +825,8 @@ class Pipeline:
                 for p in partitions
             ]
             tree[algorithm.name] = folders
+            # What the next refresh's delta starts from (one full sweep, now rather than then).
+            state.sweep_state().numbering_for(algorithm.thresholds)
             if folders:
                 report.clusters[algorithm.name] = len(folders[len(folders) // 2].clusters)
             self.progress("clustering", done + 1, len(self.algorithms))

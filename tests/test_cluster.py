@@ -454,3 +454,28 @@ def test_build_indexes_builds_in_lockstep_and_stops_when_asked() -> None:
     with pytest.raises(BuildStopped):
         build_indexes([(fresh, keys, packed[0])], should_stop=stop)
     assert len(fresh) == 0  # nothing half-loaded
+
+
+@pytest.mark.parametrize("merge_key_limit", [0, cluster._MERGE_KEY_LIMIT])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(data=hash_sets(max_n=40), limit=st.integers(0, 80))
+def test_one_photo_at_a_time_matches_scratch(
+    merge_key_limit: int, monkeypatch: pytest.MonkeyPatch, data, limit
+) -> None:
+    """The daemon's case: photos arrive one by one (the forest keeps what stays of it and merges
+    the new edges in). Every step equals a forest built from scratch: same partitions at every
+    threshold, same total weight, edges normalised and sorted."""
+    monkeypatch.setattr(cluster, "_MERGE_KEY_LIMIT", merge_key_limit)  # 0: the sorting path
+    bits, values = data
+    packed = to_packed(values, bits)
+    forest = spanning_forest(packed[:1], limit)
+    for n in range(2, len(values) + 1):
+        forest = extend_forest(forest, packed[:n], np.array([n - 1]), limit, rebuild_share=None)
+        scratch = spanning_forest(packed[:n], limit)
+        assert forest.n == n and len(forest.w) == len(scratch.w)
+        assert int(forest.w.sum()) == int(scratch.w.sum())
+        assert np.all(forest.u < forest.v)
+        order = np.lexsort((forest.v, forest.u, forest.w))
+        assert np.array_equal(order, np.arange(len(order)))
+        assert partitions_of(forest, limit) == partitions_of(scratch, limit)

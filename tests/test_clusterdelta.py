@@ -5,11 +5,19 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imgclusterd import clusterdelta
 from imgclusterd.cluster import ClusterIndex, Forest, sweep
-from imgclusterd.clusterdelta import ThresholdDelta, sweep_delta
+from imgclusterd.clusterdelta import (
+    Numbering,
+    SweepState,
+    ThresholdDelta,
+    sweep_delta,
+    sweep_delta_from,
+)
 
 BITS = 16
 THRESHOLDS = list(range(0, 9))
@@ -181,3 +189,90 @@ def test_nothing_changed_is_unchanged_everywhere() -> None:
     deltas = sweep_delta(index.forest, keys, keys.astype(float), index.forest, keys,
                          keys.astype(float), THRESHOLDS)  # fmt: skip
     assert all(d.unchanged for d in deltas)
+
+
+# ------------------------------------------------- sweep_delta_from: the same deltas, cheaper
+
+
+def same_delta(got: ThresholdDelta, want: ThresholdDelta) -> None:
+    assert (got.threshold, got.clusters, got.unclustered) == (
+        want.threshold, want.clusters, want.unclustered)
+    assert got.gone == want.gone and got.renumbered == want.renumbered
+    assert got.unclustered_added.tolist() == want.unclustered_added.tolist()
+    assert got.unclustered_removed.tolist() == want.unclustered_removed.tolist()
+    assert [(c.number, c.size, c.kind, c.base, c.added.tolist(), c.removed.tolist())
+            for c in got.changed] == [
+           (c.number, c.size, c.kind, c.base, c.added.tolist(), c.removed.tolist())
+            for c in want.changed]  # fmt: skip
+
+
+def same_numbering(got: Numbering, want: Numbering) -> None:
+    assert sorted(got.first) == sorted(want.first)
+    for t in want.first:
+        assert got.first[t].tolist() == want.first[t].tolist(), t
+        assert got.minus_sizes[t].tolist() == want.minus_sizes[t].tolist(), t
+        assert got.unclustered[t] == want.unclustered[t], t
+
+
+def state_of(index: ClusterIndex[int], rank: dict[int, float]) -> SweepState:
+    keys = np.array(index.keys(), dtype=np.int64)
+    return SweepState(index.forest, keys, np.array([rank[k] for k in keys.tolist()]),
+                      dict(index.positions))  # fmt: skip
+
+
+@pytest.mark.parametrize("walk_min", [0, clusterdelta.WALK_MIN])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(st.integers(0, 2**32 - 1))
+def test_sweep_delta_from_follows_random_changes(
+    walk_min: int, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Random insert / remove / move / rehash sequences: each step's deltas equal sweep_delta's,
+    and the numbering carried from step to step equals one made from scratch. walk_min 0 makes
+    every side past the first vertex label itself (the giant-cluster path)."""
+    monkeypatch.setattr(clusterdelta, "WALK_MIN", walk_min)
+    rnd = random.Random(seed)
+    centres = [rnd.getrandbits(BITS) for _ in range(3)]
+
+    def value() -> int:
+        v = rnd.choice(centres)
+        for _ in range(rnd.randint(0, 4)):
+            v ^= 1 << rnd.randrange(BITS)
+        return v
+
+    index: ClusterIndex[int] = ClusterIndex(limit=max(THRESHOLDS), nbytes=BITS // 8)
+    hashes = {k: value() for k in range(rnd.randint(0, 25))}
+    index.update({k: packed(v) for k, v in hashes.items()})
+    rank = {k: rnd.random() for k in hashes}
+    state = state_of(index, rank)
+    if rnd.random() < 0.5:  # the numbering from scratch, or first made by a delta
+        state.numbering_for(THRESHOLDS)
+    next_key = len(hashes)
+    for _ in range(rnd.randint(1, 5)):
+        added = [next_key + i for i in range(rnd.choice([0, 1, 1, 2, 5]))]
+        next_key += len(added)
+        removed = rnd.sample(sorted(hashes), min(len(hashes), rnd.choice([0, 0, 1, 2])))
+        rest = [k for k in hashes if k not in removed]
+        moved = set(rnd.sample(rest, min(len(rest), rnd.choice([0, 0, 1]))))
+        rehashed = set(rnd.sample(rest, min(len(rest), rnd.choice([0, 0, 1]))))
+        fresh = {k: value() for k in [*added, *rehashed]}
+        index.update({k: packed(v) for k, v in fresh.items()}, removed)
+        for k in removed:
+            del hashes[k]
+            del rank[k]
+        hashes.update(fresh)
+        for k in [*added, *moved]:
+            rank[k] = rnd.random()
+        new = state_of(index, rank)
+        touched = sorted(moved | rehashed)
+        want = sweep_delta(state.forest, state.keys, state.ranks, new.forest, new.keys,
+                           new.ranks, THRESHOLDS, touched=np.array(touched, dtype=np.int64))
+        given_changes = rnd.random() < 0.5
+        got = sweep_delta_from(state, new, THRESHOLDS, touched,
+                               added=added if given_changes else None,
+                               removed=removed if given_changes else None)  # fmt: skip
+        for g, w in zip(got, want, strict=True):
+            same_delta(g, w)
+        assert new.numbering is not None
+        same_numbering(new.numbering, state_of(index, rank).numbering_for(THRESHOLDS))
+        state = new
