@@ -21,7 +21,8 @@ Per drop: the pipeline's stage timings (scan / hash / cluster / write), the writ
 (the writer's report: total, sync, gc; wall and CPU of ``write_delta``; objects written,
 recycled and links made or removed) and what the idle time before it prepared. Per N the
 median of the drops; then the ratio of each N's median to the first one's (issue 9's target:
-1.5x from 5,000 to 20,000). ``--profile`` prints a cProfile of the slowest drop of each N.
+1.5x from 5,000 to 20,000). ``--profile`` prints a cProfile of the slowest drop of each N,
+``--profile-drop K`` of drop K.
 
     .venv/bin/python -m benchmarks.bench_refresh --n 5000 20000 --dir /tmp/bench_refresh
     .venv/bin/python -m benchmarks.bench_refresh --n 20000 --drops 3 --profile
@@ -135,7 +136,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
             path = drops_dir / f"drop{k:03d}.jpg"
             Image.fromarray(picture, "RGB").resize((64, 64)).save(path)
             acc.clear()
-            profile = cProfile.Profile() if args.profile else None
+            profile = cProfile.Profile() if args.profile or args.profile_drop else None
             wall, cpu = time.perf_counter(), time.process_time()
             if profile is not None:
                 profile.enable()
@@ -157,7 +158,8 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
                 )
             result["drops"].append(drop)
             print(f"n={n} drop {k + 1}: " + _row(drop), flush=True)
-            if profile is not None and wall > slowest[0]:
+            chosen = k + 1 == args.profile_drop if args.profile_drop else wall > slowest[0]
+            if profile is not None and chosen:
                 slowest = (wall, profile)
     for key in ("total", "cluster", "write"):
         result[f"median_{key}"] = statistics.median(d[key] for d in result["drops"])
@@ -166,7 +168,8 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
         stats = pstats.Stats(slowest[1], stream=text)
         stats.sort_stats("cumulative").print_stats(40)
         stats.sort_stats("tottime").print_stats(25)
-        print(f"n={n}: profile of the slowest drop ({slowest[0]:.2f}s)\n{text.getvalue()}")
+        which = f"drop {args.profile_drop}" if args.profile_drop else "the slowest drop"
+        print(f"n={n}: profile of {which} ({slowest[0]:.2f}s)\n{text.getvalue()}")
     return result
 
 
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the library's output: the first refresh reuses its folders")
     parser.add_argument("--profile", action="store_true",
                         help="print a cProfile of the slowest drop of each size")
+    parser.add_argument("--profile-drop", type=int, metavar="K",
+                        help="print a cProfile of drop K (from 1) instead of the slowest")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.library and len(args.n) != 1:

@@ -118,8 +118,9 @@ class Pool:
         self.recycle_min = recycle_min
         # digest -> symlinks of leaf and threshold objects we planned (to diff pool objects)
         self.contents: dict[str, dict[str, str]] = {}
-        # Objects the last write changed, to copy into the pool while idle (prepare_spares).
-        self.spare_wanted: list[tuple[str, Role]] = []
+        # Objects the last write changed, to copy into the pool while idle (prepare_spares):
+        # (digest, role, entries).
+        self.spare_wanted: list[tuple[str, Role, int]] = []
 
     def recyclable(self, obj: PlannedObject) -> bool:
         return not obj.files and len(obj.links) >= self.recycle_min and obj.role is not None
@@ -251,12 +252,12 @@ class Pool:
         if not wanted or not self.area.is_ours():
             return 0
         # Biggest first: if the next event interrupts us, the costliest rewrites are covered.
-        wanted.sort(key=lambda item: -len(self.contents.get(item[0], ())))
+        wanted.sort(key=lambda item: -item[2])
         links = 0
         try:
             with self.area.locked():
                 present = set(os.listdir(self.area.pool))
-                for number, (digest, role) in enumerate(wanted):
+                for number, (digest, role, _) in enumerate(wanted):
                     if should_stop():
                         self.spare_wanted = wanted[number:]
                         break

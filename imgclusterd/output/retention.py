@@ -141,18 +141,24 @@ def collect(
     sweep_links: bool = False,
     swapped_at: Mapping[str, float] | None = None,
     from_records: bool = False,
+    walk: bool = True,
 ) -> int:
     """Drop generations, pool what no kept generation reaches, purge ``purge``'s leftovers.
 
     ``from_records``: find the garbage from the generations' records where they chain (see
-    the module doc), by a full walk otherwise. Returns how many objects and pool entries were
+    the module doc), by a full walk otherwise -- or, with ``walk`` false, not at all: then
+    nothing is dropped, pooled or purged. Returns how many objects and pool entries were
     deleted.
     """
     names = area.generation_names()
     kept, dropped = kept_generations(
         names, area.current_name(), now, keep, grace_seconds, swapped_at
     )
+    if not dropped and not walk and not purge:
+        return 0  # nothing to drop, and no walk wanted: the records need not be read
     found = _from_records(area, names, set(kept)) if from_records else None
+    if found is None and not walk:
+        return 0
     if found is None:
         roles: dict[str, tuple[int, Role | None]] = {}
         for name in dropped:

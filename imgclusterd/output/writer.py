@@ -42,6 +42,9 @@ _PROGRESS_EVERY = 0.5  # seconds between progress callbacks during a write
 # retires once its generation is past keep_generations and generation_grace.
 _LINEAGE_WRITES = 32
 _LINEAGE_DEPTH = 32
+#: Slots (see Role) whose folder nearly every refresh changes: each threshold's folder and its
+#: unclustered folder (a new photo lands in one or joins a cluster, which renames an entry).
+_CHANGE_EVERY_TIME = frozenset({"u", "t"})
 #: One patch: names removed from its base, links added, entries renamed (new -> old name).
 _Step = tuple[tuple[str, ...], Mapping[str, str], Mapping[str, str]]
 
@@ -312,7 +315,9 @@ class OutputWriter:
                 )
                 if not same:
                     self._pool.spare_wanted = []
-                self._build_objects(plan.objects, counts, progress)
+                    if not purge_now:  # a delta write
+                        counts.deleted += self._release_expired()
+                self._build_objects(plan.objects, counts, progress, whole_tree=purge_now)
                 if same:
                     assert current is not None
                     name, swapped = current, False
@@ -436,6 +441,38 @@ class OutputWriter:
         self._walk_next = False
         return deleted
 
+    def _release_expired(self) -> int:
+        """Before a delta write is built: drop the generations that the collection after its
+        swap would drop anyway -- beyond ``keep_generations`` counting the one being built,
+        and past their grace -- so that their folders are in ``pool/`` for this write.
+
+        Why: a patch is cheap only when built on garbage (a spare, or a retired ancestor of
+        its base); otherwise its base is copied, one ``link()`` per entry. Collected after
+        the swap, the generation before the previous one retires one write too late: the
+        second write after a whole-tree write found no ancestor and copied every changed
+        unclustered and threshold folder (20,000 photos: ~2 million links, a minute). Only
+        from the records (no walk in the way of a refresh); nothing is dropped when they do
+        not chain, and the collection after the swap does the rest as before.
+        """
+        if self._walk_next:
+            return 0
+        try:
+            return collect(
+                self._area,
+                self._pool,
+                keep=self.keep_generations - 1,
+                grace_seconds=self.grace_seconds,
+                now=self.clock(),
+                purge=set(),
+                swapped_at=self._swapped_at,
+                from_records=True,
+                walk=False,
+            )
+        except OSError as exc:  # tidying only: the write goes on, the next collection walks
+            log.warning("could not collect old output generations: %s", exc)
+            self._walk_next = True
+            return 0
+
     def _build_failed(self, exc: OSError, pool: set[str]) -> OutputError:
         """Undo what a failed build left (best effort) and say why; ``OUTPUT`` is untouched."""
         # Free what we can, so the next attempt has room: the half-built temporaries and the
@@ -459,6 +496,7 @@ class OutputWriter:
         objects: dict[str, PlannedObject],
         counts: _Counts,
         progress: Callable[[int, int], None] | None = None,
+        whole_tree: bool = False,
     ) -> None:
         area, pool = self._area, self._pool
         if len(objects) < 4096:  # a delta's few objects: a stat each, not a list of them all
@@ -492,7 +530,7 @@ class OutputWriter:
                 continue
             if obj.base is not None:
                 if obj.size >= pool.recycle_min and obj.role is not None:
-                    pool.spare_wanted.append((digest, obj.role))
+                    pool.spare_wanted.append((digest, obj.role, obj.size))
                 added, removed = self._patch(digest, obj, spares, index.used)
                 self._lineage[digest] = (
                     self._writes, obj.base, (obj.removed, obj.links, obj.moved)
@@ -503,9 +541,14 @@ class OutputWriter:
                 counts.removed += removed
                 continue
             recyclable = pool.recyclable(obj)
-            if recyclable and obj.role is not None:
+            if recyclable and obj.role is not None and (
+                not whole_tree or obj.role[1] in _CHANGE_EVERY_TIME
+            ):
                 # Written now, so likely to change again: a spare copy makes that a patch.
-                pool.spare_wanted.append((digest, obj.role))
+                # (Of a whole tree -- every folder written -- only the kinds of folder that
+                # one more photo changes at each threshold: the others would be copies of
+                # the whole tree, made in idle time and deleted unused.)
+                pool.spare_wanted.append((digest, obj.role, len(obj.links)))
             if recyclable and (patch := pool.recycle(digest, obj, index)) is not None:
                 counts.written += 1
                 counts.recycled += 1
