@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -433,7 +433,7 @@ class SweepState:
             ends = np.stack([f.u, f.v], axis=1).ravel()
             others = np.stack([f.v, f.u], axis=1).ravel()
             order = np.argsort(ends, kind="stable")
-            start = np.zeros(n + 1, dtype=np.int64)
+            start = np.zeros(n + 1, dtype=np.int32 if 2 * n < 2**31 else np.int64)
             np.cumsum(np.bincount(ends, minlength=n), out=start[1:])
             self._adjacency = (start, others[order], np.repeat(f.w, 2)[order])
         return self._adjacency
@@ -453,6 +453,10 @@ class SweepState:
                     order = None
             self._by_rank = order if order is not None else np.lexsort((np.arange(n), ranks))
         return self._by_rank
+
+    def drop_lookups(self) -> None:
+        """Forget :meth:`by_rank` and :meth:`vertices`' table (memory: kept per algorithm)."""
+        self._by_rank = self._table = None
 
     def vertices(self, keys: np.ndarray) -> np.ndarray:
         """The vertex of each key (-1: not in this sweep)."""
@@ -485,12 +489,17 @@ def _numbering(
     """The numbering from scratch: a sweep labelling every vertex (O(N) per threshold)."""
     side = _Side(forest, keys, ranks)
     out = Numbering()
+    first: np.ndarray = _EMPTY
+    minus: np.ndarray = _EMPTY
     for t in sorted({int(x) for x in thresholds}):
         side.advance(t)
         clustered = np.flatnonzero(side.sizes >= 2)
         order = clustered[np.lexsort((clustered, -side.sizes[clustered]))]
-        out.first[t] = side.keys[order]
-        out.minus_sizes[t] = -side.sizes[order]
+        now_first, now_minus = side.keys[order], (-side.sizes[order]).astype(np.int32)
+        # Thresholds with the same clusters (a plateau of the sweep) share one copy.
+        if not (np.array_equal(now_first, first) and np.array_equal(now_minus, minus)):
+            first, minus = now_first, now_minus
+        out.first[t], out.minus_sizes[t] = first, minus
         out.unclustered[t] = int(np.count_nonzero(side.sizes == 1))
     return out
 
@@ -671,6 +680,7 @@ def sweep_delta_from(
     after = Numbering()
     result: dict[int, ThresholdDelta] = {}
     local: _Local | None = None
+    memo: dict[tuple[int, int, int], ThresholdDelta] = {}
     for t in wanted:
         if t < quiet_below:
             after.first[t] = before.first[t]
@@ -687,8 +697,10 @@ def sweep_delta_from(
         if local is None or t >= local.escape:
             local = _changes_at(t, old, new, survivors, cap, labellings,
                                 a_hot, b_hot, a_touch, b_touch)  # fmt: skip
-        result[t] = _numbered(t, local, old, new, before, after)
+        result[t] = _numbered(t, local, old, new, before, after, memo)
     new.numbering = after
+    for state in (old, new):  # cheap to make again; the adjacency is what is worth keeping
+        state.drop_lookups()
     return [result[int(t)] for t in thresholds]
 
 
@@ -838,10 +850,20 @@ def _numbered(
     new: SweepState,
     before: Numbering,
     after: Numbering,
+    memo: dict[tuple[int, int, int], ThresholdDelta],
 ) -> ThresholdDelta:
     """The delta at ``t``: ``local``'s changes numbered from ``before``'s order at ``t``, whose
-    changed clusters leave it and new ones enter it (``after``, for the next refresh)."""
+    changed clusters leave it and new ones enter it (``after``, for the next refresh).
+
+    ``memo``: the same changes on the same order (a plateau of the sweep) number the same, and
+    share the order they make."""
     old_first, old_minus = before.first[t], before.minus_sizes[t]
+    after.unclustered[t] = before.unclustered[t] + local.singles
+    seen = memo.get((id(local), id(old_first), id(old_minus)))
+    if seen is not None:
+        after.first[t], after.minus_sizes[t] = after.first[seen.threshold], after.minus_sizes[
+            seen.threshold]  # fmt: skip
+        return replace(seen, threshold=t, unclustered=after.unclustered[t])
     at_old = {
         i: _locate(old_first, old_minus, old.keys[c[0]].item(), len(c))
         for i, c in enumerate(local.a_comps)
@@ -865,15 +887,18 @@ def _numbered(
         hi = int(np.searchsorted(kept_minus, minus, side="right"))
         at.append(bisect.bisect_left(range(lo, hi), rank_key, key=key_at) + lo)
     number = {j: at[i] + i + 1 for i, (_, _, j) in enumerate(entering)}
-    after.unclustered[t] = before.unclustered[t] + local.singles
     renumbered: list[tuple[int, int]] = []
     if leaving or entering:
         after.first[t] = np.insert(kept_first, at,
                                    [new.keys[local.b_comps[j][0]] for _, _, j in entering])
         after.minus_sizes[t] = np.insert(kept_minus, at, [m for m, _, _ in entering])
-        # The unchanged clusters between the first change and the end of the order may move.
+        # Only the unchanged clusters from the first change on may move; past the last one,
+        # all move by the same step (none when as many clusters enter as leave).
         start = min([*leaving, *at])
-        kept_old = np.delete(np.arange(start, len(old_first)), [p - start for p in leaving])
+        stop = len(old_first)
+        if len(at) == len(leaving):
+            stop = min(stop, max([p + 1 for p in leaving] + [a + len(leaving) + 1 for a in at]))
+        kept_old = np.delete(np.arange(start, stop), [p - start for p in leaving])
         here = np.arange(start, start + len(kept_old))
         final = here + np.searchsorted(np.asarray(at, dtype=np.int64), here, side="right")
         moved = final != kept_old
@@ -895,7 +920,7 @@ def _numbered(
         ),
         key=lambda change: change.number,
     )
-    return ThresholdDelta(
+    delta = ThresholdDelta(
         threshold=t,
         clusters=len(after.first[t]),
         unclustered=after.unclustered[t],
@@ -905,6 +930,8 @@ def _numbered(
         unclustered_added=local.unclustered_added,
         unclustered_removed=local.unclustered_removed,
     )
+    memo[(id(local), id(old_first), id(old_minus))] = delta
+    return delta
 
 
 def _count(values: np.ndarray) -> dict[int, int]:
