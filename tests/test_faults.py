@@ -53,7 +53,8 @@ GENERATION_RE = re.compile(r"\A\.[^/]+\.imgclusterd/generations/(g\d{8,}-\d+-[0-
 DRIVER = r"""
 import os, signal, sys
 from imgclusterd.output import WriteHooks, set_default_hooks
-from imgclusterd.output.hooks import GENERATION_BUILT, OBJECT_STAGED, SWAP_LINK_MADE
+from imgclusterd.output.hooks import (
+    ALGORITHM_WRITTEN, GENERATION_BUILT, OBJECT_STAGED, SWAP_LINK_MADE)
 from imgclusterd.store import Store
 from imgclusterd.cli import main
 
@@ -79,6 +80,8 @@ if point == "commit":        # inside BEGIN IMMEDIATE, some rows written, no COM
     Store.put_hashed = put_hashed
 elif point == "objects":     # some objects published, one complete in tmp/ but not published
     set_default_hooks(KillAt(OBJECT_STAGED))
+elif point == "algorithm":   # a whole tree: one algorithm's folders built, the next not
+    set_default_hooks(KillAt(ALGORITHM_WRITTEN))
 elif point == "generation":  # the generation built and renamed in, never swapped
     set_default_hooks(KillAt(GENERATION_BUILT))
 elif point == "swap":        # the temporary symlink made, os.replace not done
@@ -230,6 +233,7 @@ def daemons(workspace: Workspace) -> Iterator[list[Daemon]]:
 @pytest.mark.parametrize(("point", "after"), [
     ("commit", 70),      # 64 rows committed, 6 more written in the open transaction
     ("objects", 25),     # 25 folders published, the 26th built in tmp/, not published
+    ("algorithm", 0),    # the first algorithm's folders published, the second's not planned
     ("generation", 0),   # a complete generation renamed into generations/, not swapped in
     ("swap", 0),         # tmp/link-<gen> made, OUTPUT not yet replaced
 ])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 __all__ = [
+    "ALGORITHM_WRITTEN",
     "GENERATION_BUILT",
     "OBJECT_STAGED",
     "POINTS",
@@ -25,12 +26,15 @@ log = logging.getLogger(__name__)
 
 #: A new object is complete in ``tmp/``, not yet renamed into ``objects/``.
 OBJECT_STAGED = "object-staged"
+#: A whole-tree write built one algorithm's folders (planned, built, dropped: see writer);
+#: the next algorithm's are not planned yet, the generation not built.
+ALGORITHM_WRITTEN = "algorithm-written"
 #: The generation directory is renamed into ``generations/``; ``OUTPUT`` not swapped yet.
 GENERATION_BUILT = "generation-built"
 #: The temporary symlink to the new generation exists; ``os.replace`` over ``OUTPUT`` not done.
 SWAP_LINK_MADE = "swap-link-made"
 
-POINTS = (OBJECT_STAGED, GENERATION_BUILT, SWAP_LINK_MADE)
+POINTS = (OBJECT_STAGED, ALGORITHM_WRITTEN, GENERATION_BUILT, SWAP_LINK_MADE)
 
 
 class WriteHooks:

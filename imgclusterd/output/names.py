@@ -27,6 +27,7 @@ __all__ = [
     "check_name",
     "cluster_name",
     "folder_links",
+    "forget_checked",
     "link_name",
     "threshold_name",
     "unclustered_name",
@@ -138,6 +139,14 @@ def folder_links(links: Sequence[Link]) -> dict[str, str]:
 _CHECKED_NAMES: set[str] = set()
 _CHECKED_TARGETS: set[str] = set()
 _CHECKED_MAX = 2_000_000
+
+
+def forget_checked() -> None:
+    """Forget the names and targets found valid. A whole-tree write calls it after each
+    algorithm: that algorithm's link names never come again (they carry its hash), and kept
+    they were the biggest thing left after a write (~1.4 million names at 100,000 photos)."""
+    _CHECKED_NAMES.clear()
+    _CHECKED_TARGETS.clear()
 
 
 def _validate(entries: Mapping[str, str]) -> None:

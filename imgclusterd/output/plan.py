@@ -34,6 +34,7 @@ import hashlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -43,6 +44,7 @@ from .names import (
     check_name,
     cluster_name,
     folder_links,
+    forget_checked,
     threshold_name,
     unclustered_name,
 )
@@ -61,8 +63,11 @@ __all__ = [
     "generation_digest",
     "leaf_digest",
     "object_digest",
+    "plan_algorithm",
     "plan_tree",
+    "plans_alive",
     "split_extra_files",
+    "tree_algorithms",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,6 +197,20 @@ class Plan:
         return generation_digest(self.generation_links, self.top_files)
 
 
+#: How many plans made by plan_algorithm are still referenced (see plans_alive).
+_PLANS_ALIVE = [0]
+
+
+def _plan_freed() -> None:
+    _PLANS_ALIVE[0] -= 1
+
+
+def plans_alive() -> int:
+    """How many per-algorithm plans (:func:`plan_algorithm`) are still alive: the writer's
+    promise is at most one at a time (tests check it at the writer's hook points)."""
+    return _PLANS_ALIVE[0]
+
+
 def object_digest(links: Mapping[str, str], files: Mapping[str, bytes] | None = None) -> str:
     """Content address of a directory holding exactly these symlinks and files."""
     parts = ["imgclusterd-object-1"]
@@ -239,15 +258,55 @@ def plan_tree(
     on a name that cannot be a file name, a threshold listed twice, or an extra file that
     collides with a folder. Hashing millions of link names takes seconds at tens of thousands
     of photos, so this reports ``progress(0, 0)`` about twice a second (the daemon's watchdog
-    pings ride on it).
+    pings ride on it). The writer plans a whole tree one algorithm at a time instead
+    (:func:`plan_algorithm`); this is the same, all at once.
+    """
+    top_files, algo_files = split_extra_files(extra_files or {})
+    new_memo: LeafMemo = {}
+    plan = Plan({}, {}, top_files, new_memo)
+    for algo in tree_algorithms(tree, top_files, algo_files):
+        part = plan_algorithm(
+            algo, tree.get(algo, ()), algo_files.get(algo, {}), memo or {}, new_memo, progress
+        )
+        for digest, obj in part.objects.items():  # (an object two algorithms share: once)
+            plan.objects.setdefault(digest, obj)
+        plan.generation_links.update(part.generation_links)
+        plan.thresholds.update(part.thresholds)
+        plan.algo_files.update(part.algo_files)
+    return plan
+
+
+def tree_algorithms(
+    tree: OutputTree, top_files: Mapping[str, bytes], algo_files: Mapping[str, object]
+) -> list[str]:
+    """The algorithm folders of a tree with these extra files, in order; ValueError on a name
+    that cannot be a folder or that a root file takes. Checked before anything is written."""
+    algos = sorted(set(tree) | set(algo_files))
+    for algo in algos:
+        check_name(algo, "algorithm name")
+        if algo in top_files:
+            raise ValueError(f"extra file {algo!r} has the name of an algorithm folder")
+    return algos
+
+
+def plan_algorithm(
+    algo: str,
+    sweep: Sequence[ThresholdFolder],
+    files: Mapping[str, bytes],
+    old_memo: LeafMemo,
+    new_memo: LeafMemo,
+    progress: Callable[[int, int], None] | None = None,
+) -> Plan:
+    """The objects of one algorithm's folder (children first) and its generation entry.
+
+    A :class:`Plan` of that algorithm alone (no root files): the writer plans, builds and
+    drops one of these at a time, so a whole-tree write never holds more than one
+    algorithm's folders in memory (at 100,000 photos the whole plan was 3.3 GB). Leaves are
+    looked up in ``old_memo`` and recorded in ``new_memo`` (see :data:`LeafMemo`).
     """
     reported = time.monotonic()
-    top_files, algo_files = split_extra_files(extra_files or {})
     objects: dict[str, PlannedObject] = {}
-    new_memo: LeafMemo = {}
-    old_memo: LeafMemo = memo or {}
-    generation_links: dict[str, str] = {}
-    models: dict[str, list[ThresholdModel]] = {}
+    models: list[ThresholdModel] = []
 
     def leaf(links: Sequence[Link], role: Role) -> LeafSum:
         key = tuple(links)
@@ -261,44 +320,48 @@ def plan_tree(
             objects[digest.digest] = PlannedObject(entries, 2, role)
         return digest
 
-    for algo in sorted(set(tree) | set(algo_files)):
-        check_name(algo, "algorithm name")
-        if algo in top_files:
-            raise ValueError(f"extra file {algo!r} has the name of an algorithm folder")
-        algo_links: dict[str, str] = {}
-        thresholds: set[int] = set()
-        for folder in tree.get(algo, ()):
-            if progress is not None and time.monotonic() - reported >= _PROGRESS_EVERY:
-                reported = time.monotonic()
-                progress(0, 0)
-            t = folder.threshold
-            entries: dict[str, str] = {}
-            leaves = []
-            for i, cluster in enumerate(folder.clusters, 1):
-                leaf_sum = leaf(cluster, (algo, f"c{i}", t))
-                leaves.append(leaf_sum)
-                entries[cluster_name(i, len(cluster))] = "../" + leaf_sum.digest
-            unclustered = len(folder.unclustered)
-            unclustered_sum = leaf(folder.unclustered, (algo, "u", t))
-            entries[unclustered_name(unclustered)] = "../" + unclustered_sum.digest
-            entries_sum = leaf_digest(entries)
-            digest = entries_sum.digest
-            models.setdefault(algo, []).append(
-                ThresholdModel(
-                    t, [len(c) for c in folder.clusters], leaves, unclustered_sum, entries_sum
-                )
+    algo_links: dict[str, str] = {}
+    thresholds: set[int] = set()
+    for folder in sweep:
+        if progress is not None and time.monotonic() - reported >= _PROGRESS_EVERY:
+            reported = time.monotonic()
+            progress(0, 0)
+        t = folder.threshold
+        entries: dict[str, str] = {}
+        leaves = []
+        for i, cluster in enumerate(folder.clusters, 1):
+            leaf_sum = leaf(cluster, (algo, f"c{i}", t))
+            leaves.append(leaf_sum)
+            entries[cluster_name(i, len(cluster))] = "../" + leaf_sum.digest
+        unclustered = len(folder.unclustered)
+        unclustered_sum = leaf(folder.unclustered, (algo, "u", t))
+        entries[unclustered_name(unclustered)] = "../" + unclustered_sum.digest
+        entries_sum = leaf_digest(entries)
+        digest = entries_sum.digest
+        models.append(
+            ThresholdModel(
+                t, [len(c) for c in folder.clusters], leaves, unclustered_sum, entries_sum
             )
-            objects.setdefault(digest, PlannedObject(entries, 1, (algo, "t", t)))
-            if t in thresholds:
-                raise ValueError(f"{algo}: threshold {t} appears twice in the sweep")
-            thresholds.add(t)
-            algo_links[threshold_name(t, unclustered)] = "../" + digest
-        files = algo_files.get(algo, {})
-        for name in files:
-            if name in algo_links:
-                raise ValueError(f"extra file {algo}/{name} has the name of a threshold folder")
-        digest = object_digest(algo_links, files)
-        objects.setdefault(digest, PlannedObject(algo_links, 0, None, files))
-        generation_links[algo] = "../../objects/" + digest
-        models.setdefault(algo, [])
-    return Plan(objects, generation_links, top_files, new_memo, models, algo_files)
+        )
+        objects.setdefault(digest, PlannedObject(entries, 1, (algo, "t", t)))
+        if t in thresholds:
+            raise ValueError(f"{algo}: threshold {t} appears twice in the sweep")
+        thresholds.add(t)
+        algo_links[threshold_name(t, unclustered)] = "../" + digest
+    for name in files:
+        if name in algo_links:
+            raise ValueError(f"extra file {algo}/{name} has the name of a threshold folder")
+    digest = object_digest(algo_links, files)
+    objects.setdefault(digest, PlannedObject(algo_links, 0, None, dict(files)))
+    forget_checked()  # names are per algorithm (they carry its hash): not seen again
+    plan = Plan(
+        objects,
+        {algo: "../../objects/" + digest},
+        {},
+        new_memo,
+        {algo: models},
+        {algo: dict(files)},
+    )
+    _PLANS_ALIVE[0] += 1
+    weakref.finalize(plan, _plan_freed)
+    return plan

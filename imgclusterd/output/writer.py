@@ -23,13 +23,21 @@ from .area import Area, area_path, remove_tree, rename_at
 from .delta import (
     TreeDelta,
     TreeModel,
-    model_from_plan,
     plan_delta,
     position_changes,
     positions,
 )
-from .hooks import OBJECT_STAGED, WriteHooks, default_hooks
-from .plan import LeafMemo, OutputTree, Plan, PlannedObject, Role, plan_tree
+from .hooks import ALGORITHM_WRITTEN, OBJECT_STAGED, WriteHooks, default_hooks
+from .plan import (
+    LeafMemo,
+    OutputTree,
+    Plan,
+    PlannedObject,
+    Role,
+    plan_algorithm,
+    split_extra_files,
+    tree_algorithms,
+)
 from .recycle import RECYCLE_MIN, Pool, copy_object
 from .retention import Record, collect, write_record
 
@@ -185,23 +193,62 @@ class OutputWriter:
         ``progress(done, total)`` is called about twice a second while objects are built: a
         first write of a big tree takes minutes, and the daemon's watchdog pings and status
         come from that callback meanwhile.
+
+        One algorithm at a time: ``tree[algo]`` is read, planned, its folders built, and the
+        plan dropped before the next algorithm's is made (``tree`` may make each sweep on
+        demand, as the pipeline's does), so a write holds one algorithm's plan, not the
+        tree's (gigabytes at 100,000 photos). Nothing is swapped before every algorithm is
+        built: a crash in between leaves ``OUTPUT`` on the previous generation, and folders
+        no generation names, which the next whole-tree write reuses or collects.
         """
         started = time.perf_counter()
         self.check()
         self._model = None
-        plan = plan_tree(tree, extra_files, self._leaf_memo, progress)
-        self._leaf_memo = plan.leaf_memo
+        top_files, algo_files = split_extra_files(extra_files or {})
+        algos = tree_algorithms(tree, top_files, algo_files)
+        old_memo, self._leaf_memo = self._leaf_memo, {}
+        memo: LeafMemo = {}
+        model = TreeModel()
+        generation_links: dict[str, str] = {}
+        planned: set[str] = set()  # every object digest of the tree (for its record)
+
+        def build(counts: _Counts) -> Plan:
+            built = 0  # objects of the algorithms before (progress counts the whole write)
+
+            def step(done: int, total: int) -> None:
+                if progress is not None:
+                    progress(built + done, built + total)
+
+            for algo in algos:
+                part = plan_algorithm(
+                    algo, tree.get(algo, ()), algo_files.get(algo, {}), old_memo, memo,
+                    step if progress is not None else None,
+                )  # fmt: skip
+                # (an object an algorithm before planned too is built and counted once)
+                fresh = {d: obj for d, obj in part.objects.items() if d not in planned}
+                self._build_objects(fresh, counts, step, whole_tree=True)
+                built += len(fresh)
+                planned.update(fresh)
+                del fresh
+                generation_links.update(part.generation_links)
+                model.algorithms.update(part.thresholds)
+                model.algo_files.update(part.algo_files)
+                del part  # before the next algorithm is planned
+                if self.lean:  # (else kept for the next write, as the memo is)
+                    memo.clear()
+                    self._pool.contents = {}
+                self.hooks.at(ALGORITHM_WRITTEN)
+            return Plan({}, generation_links, top_files, memo)
+
         report = self._write_plan(
-            plan, started, progress, purge_now=True, record=lambda current: self._walked(
-                current, plan
-            ),
-        )
-        self._model, self._model_generation = model_from_plan(plan), report.generation
-        self._algo_digests = _algo_digests(plan)
+            build, started, progress, purge_now=True,
+            record=lambda current: self._walked(current, planned),
+        )  # fmt: skip
+        if not self.lean:
+            self._leaf_memo = memo
+        self._model, self._model_generation = model, report.generation
+        self._algo_digests = {a: link.rsplit("/", 1)[1] for a, link in generation_links.items()}
         self._refs = positions(self._model, self._algo_digests)
-        if self.lean:
-            self._leaf_memo = {}
-            self._pool.contents = {}
         return report
 
     def can_patch(self) -> bool:
@@ -273,7 +320,7 @@ class OutputWriter:
         report.planned = "delta"
         return report
 
-    def _walked(self, current: str | None, plan: Plan) -> Record:
+    def _walked(self, current: str | None, planned: set[str]) -> Record:
         """The record of a whole-tree write: what the current generation reaches (a walk of
         it, as the whole tree is written anyway) against what the plan holds."""
         if current is None:
@@ -283,19 +330,18 @@ class OutputWriter:
             roles.setdefault(digest, (level, role))
         return Record(
             current,
-            {d: level_role for d, level_role in roles.items() if d not in plan.objects},
-            {d for d in plan.objects if d not in roles},
+            {d: level_role for d, level_role in roles.items() if d not in planned},
+            {d for d in planned if d not in roles},
         )
 
     def _write_plan(
         self,
-        plan: Plan,
+        plan: Plan | Callable[[_Counts], Plan],
         started: float,
         progress: Callable[[int, int], None] | None,
         purge_now: bool,
         record: Callable[[str | None], Record],
     ) -> WriteReport:
-        gen_digest = plan.digest
         area = self._area
         counts = _Counts()
         sync_seconds = gc_seconds = 0.0
@@ -306,18 +352,20 @@ class OutputWriter:
                 area.remove_leftovers()
                 current = area.current_name()
                 pool_before = set(os.listdir(area.pool))
-                # The same tree again: nothing to swap, unless the current generation was
-                # damaged. Its objects are checked (and repaired in place) either way.
-                same = (
-                    current is not None
-                    and current.endswith(gen_digest)
-                    and area.generation_intact(current, plan.generation_links, plan.top_files)
-                )
-                if not same:
-                    self._pool.spare_wanted = []
-                    if not purge_now:  # a delta write
-                        counts.deleted += self._release_expired()
-                self._build_objects(plan.objects, counts, progress, whole_tree=purge_now)
+                if isinstance(plan, Plan):  # planned up front (a delta)
+                    same = self._same(current, plan)
+                    if not same:
+                        self._pool.spare_wanted = []
+                        if not purge_now:  # a delta write
+                            counts.deleted += self._release_expired()
+                    self._build_objects(plan.objects, counts, progress, whole_tree=purge_now)
+                else:  # the whole tree: planned and built one algorithm at a time
+                    wanted, self._pool.spare_wanted = self._pool.spare_wanted, []
+                    plan = plan(counts)
+                    same = self._same(current, plan)
+                    if same:
+                        self._pool.spare_wanted[:0] = wanted
+                gen_digest = plan.digest
                 if same:
                     assert current is not None
                     name, swapped = current, False
@@ -472,6 +520,15 @@ class OutputWriter:
             log.warning("could not collect old output generations: %s", exc)
             self._walk_next = True
             return 0
+
+    def _same(self, current: str | None, plan: Plan) -> bool:
+        """The same tree again: nothing to swap, unless the current generation was damaged.
+        Its objects are checked (and repaired in place) either way."""
+        return (
+            current is not None
+            and current.endswith(plan.digest)
+            and self._area.generation_intact(current, plan.generation_links, plan.top_files)
+        )
 
     def _build_failed(self, exc: OSError, pool: set[str]) -> OutputError:
         """Undo what a failed build left (best effort) and say why; ``OUTPUT`` is untouched."""
