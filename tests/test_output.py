@@ -1268,3 +1268,47 @@ def test_spares_after_a_whole_tree_are_the_folders_a_photo_changes_biggest_first
     slots = {entry.split("~")[1] for entry in os.listdir(pool)}
     assert slots == {"u", "t"}
     assert {e[:32] for e in os.listdir(pool) if "~u~" in e} == set(sizes)
+
+
+def test_spares_of_patched_folders_only_within_the_grace(tmp_path: Path) -> None:
+    """After a delta write, a spare of a folder it patched helps only a write within the
+    grace period of the generation it replaced; a later write patches that generation's
+    retired folders (released before it builds). So idle time past the grace makes none:
+    at 20,000 photos each would be copies of ~2 million links, deleted unused."""
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    clock = Clock()
+    writer = OutputWriter(output, grace_seconds=10, clock=clock, recycle_min=4, lean=True)
+    tree = chain_tree(links[:30])
+    writer.write(tree)
+    objects = area_path(output) / "objects"
+    first = {os.stat(objects / d).st_ino: d for d in os.listdir(objects)}
+    writer.prepare_spares(lambda: False)  # after a whole tree: no ancestors, spares made
+    pool = area_path(output) / "pool"
+    assert os.listdir(pool)
+    photos = iter(links[30:])
+    clock.now += 20
+    new = _with_unclustered(tree, next(photos))
+    writer.write_delta(delta_between(tree, new))
+    tree = new
+    clock.now += 11  # past the grace of the generation it replaced
+    before = set(os.listdir(pool))
+    assert writer.prepare_spares(lambda: False) == 0
+    assert set(os.listdir(pool)) <= before  # (unused pool entries purged, nothing made)
+    clock.now += 20
+    new = _with_unclustered(tree, next(photos))
+    writer.write_delta(delta_between(tree, new))  # patches the retired folders
+    tree = new
+    assert read_tree(str(output)) == expected(tree)
+    reused = {first[st.st_ino] for st in (os.stat(objects / d) for d in os.listdir(objects))
+              if st.st_ino in first}  # fmt: skip
+    assert {leaf_digest(folder_links(f.unclustered)).digest
+            for sweep in chain_tree(links[:30]).values() for f in sweep} <= reused  # fmt: skip
+    # within the grace, spares of the folders it patched are made
+    clock.now += 1
+    assert writer.prepare_spares(lambda: False) > 0
+    clock.now += 20
+    new = _with_unclustered(tree, next(photos))
+    writer.write_delta(delta_between(tree, new))
+    assert read_tree(str(output)) == expected(new)
+    assert_collected(output)
