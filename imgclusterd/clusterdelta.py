@@ -400,6 +400,8 @@ class SweepState:
     ``keys[i]``/``ranks[i]``: key and sort rank of vertex ``i`` of ``forest``; ``position``:
     key -> vertex. The numbering is made from scratch on first need (or by
     :func:`sweep_delta_from`, from the previous one); arrays are never modified in place.
+    ``previous``: the state before, whose forest-only parts (adjacency, labels) are taken over
+    when the forest is the same object (a refresh that only renamed photos).
     """
 
     def __init__(
@@ -408,6 +410,7 @@ class SweepState:
         keys: np.ndarray,
         ranks: np.ndarray,
         position: Mapping[int, int],
+        previous: SweepState | None = None,
     ) -> None:
         if len(keys) != forest.n or len(ranks) != forest.n:
             raise ValueError(f"need one key and one rank per vertex ({forest.n})")
@@ -417,8 +420,14 @@ class SweepState:
         self.position = position
         self.numbering: Numbering | None = None
         self._adjacency: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # (threshold, labels of every vertex) of the lowest threshold a delta had to label:
+        # the next delta, with this as its old side, starts from them (merging what is above).
+        self.labelled: tuple[int, np.ndarray] | None = None
         self._by_rank: np.ndarray | None = None
         self._table: np.ndarray | None = None
+        if previous is not None and previous.forest is forest:
+            self._adjacency = previous._adjacency
+            self.labelled = previous.labelled
 
     @property
     def n(self) -> int:
@@ -607,11 +616,18 @@ class _Labelling:
         return self.t is not None and self.t <= t
 
     def at(self, t: int) -> np.ndarray:
-        f = self.state.forest
+        state, f = self.state, self.state.forest
         k = int(np.searchsorted(f.w, t, side="right"))
         if self.t is None or self.t > t:
-            self.labels = _labels(f.n, f.u[:k], f.v[:k])
-        elif k > self.done:
+            kept = state.labelled
+            if kept is not None and kept[0] <= t:  # kept by the last delta: merge from there
+                self.labels = kept[1]
+                self.done = int(np.searchsorted(f.w, kept[0], side="right"))
+            else:
+                self.labels = _labels(f.n, f.u[:k], f.v[:k])
+                self.done = k
+                state.labelled = (t, self.labels)
+        if k > self.done:
             self.labels = _merge(self.labels, f.u[self.done : k], f.v[self.done : k])
         self.t, self.done = t, k
         return self.labels

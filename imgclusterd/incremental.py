@@ -69,6 +69,9 @@ class AlgorithmState:
             state.duplicates = _all_duplicates(keys, packed)
         else:
             state.duplicates = _update_duplicates(previous, state, added, removed)
+            if previous.sweep is not None:  # what of it still holds (an unchanged forest)
+                state.sweep = SweepState(state.forest, keys, state.ranks, state.position,
+                                         previous=previous.sweep)  # fmt: skip
         return state
 
     def sweep_state(self) -> SweepState:

@@ -214,10 +214,12 @@ def same_numbering(got: Numbering, want: Numbering) -> None:
         assert got.unclustered[t] == want.unclustered[t], t
 
 
-def state_of(index: ClusterIndex[int], rank: dict[int, float]) -> SweepState:
+def state_of(
+    index: ClusterIndex[int], rank: dict[int, float], previous: SweepState | None = None
+) -> SweepState:
     keys = np.array(index.keys(), dtype=np.int64)
     return SweepState(index.forest, keys, np.array([rank[k] for k in keys.tolist()]),
-                      dict(index.positions))  # fmt: skip
+                      dict(index.positions), previous=previous)  # fmt: skip
 
 
 @pytest.mark.parametrize("walk_min", [0, clusterdelta.WALK_MIN])
@@ -263,7 +265,7 @@ def test_sweep_delta_from_follows_random_changes(
         hashes.update(fresh)
         for k in [*added, *moved]:
             rank[k] = rnd.random()
-        new = state_of(index, rank)
+        new = state_of(index, rank, previous=state)  # takes over an unchanged forest's parts
         touched = sorted(moved | rehashed)
         want = sweep_delta(state.forest, state.keys, state.ranks, new.forest, new.keys,
                            new.ranks, THRESHOLDS, touched=np.array(touched, dtype=np.int64))
