@@ -55,6 +55,8 @@ __all__ = ["HEARTBEAT_EVERY", "RETRY_AFTER", "RETRY_MAX", "SIGNALS", "Daemon"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds without hashing after which the hashing workers are stopped (Pipeline.release_idle_pool).
+POOL_IDLE_SECONDS = 120.0
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeat rows while idle (status: stale after 90 s)
 RETRY_AFTER = 30.0  # seconds before the first retry of a refresh that failed (output or store)
 RETRY_MAX = 600.0  # the retry delay doubles while the refresh keeps failing, up to this
@@ -340,6 +342,8 @@ class Daemon:
         elif self.state.phase == "idle" and not self.debouncer.pending():
             self._prepare_spares()
             self._make_thumbnails()
+            if self.pipeline is not None and not self.debouncer.pending():
+                self.pipeline.release_idle_pool(POOL_IDLE_SECONDS)
         self.state.pending = len(self.debouncer) + len(self._held.paths)
         self._heartbeat()
 

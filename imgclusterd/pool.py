@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -56,6 +57,7 @@ class HashPool:
             # Import Pillow/numpy/scipy once in the fork server rather than in every worker.
             self._context.set_forkserver_preload(["imgclusterd.hashing"])
         self._executor: ProcessPoolExecutor | None = None
+        self.used_at = time.monotonic()  # when map() last ran (see Pipeline.release_idle_pool)
         self.restarts = 0  # how many times a broken pool was replaced (for status/tests)
 
     def __enter__(self) -> HashPool:
@@ -88,6 +90,7 @@ class HashPool:
         When ``stop`` is set, nothing more is submitted, queued tasks are cancelled, and the
         iterator ends within about ``_POLL_SECONDS`` (results still running are dropped).
         """
+        self.used_at = time.monotonic()
         source = iter(paths)
         exhausted = False
         in_flight: dict[Future[HashResult], str] = {}
@@ -142,9 +145,23 @@ class HashPool:
             for future in in_flight:
                 future.cancel()
 
-    def close(self, cancel: bool = False) -> None:
-        """Shut the workers down; ``cancel`` drops queued work and kills running tasks."""
+    def close(self, cancel: bool = False, stop_server: bool = False) -> None:
+        """Shut the workers down; ``cancel`` drops queued work and kills running tasks.
+
+        ``stop_server``: the fork server too (it holds numpy, Pillow and scipy, preloaded:
+        ~50 MB); the next pool starts a new one. For a daemon going idle, not between maps.
+        """
         executor, self._executor = self._executor, None
+        if stop_server:
+            try:
+                self._close(executor, cancel)
+            finally:
+                if self._context.get_start_method() == "forkserver":
+                    _stop_forkserver()
+            return
+        self._close(executor, cancel)
+
+    def _close(self, executor: ProcessPoolExecutor | None, cancel: bool) -> None:
         if executor is None:
             return
         if cancel:
@@ -210,6 +227,18 @@ def _release_forkserver() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
+def _stop_forkserver() -> None:
+    """Stop this process's fork server, if it runs (multiprocessing has no public call for
+    it: ``_stop`` is what its own tests use; without it the server simply stays)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if callable(stop):
+        with contextlib.suppress(OSError, ChildProcessError):
+            stop()
 
 
 def _die_with_parent() -> None:

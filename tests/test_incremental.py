@@ -16,7 +16,7 @@ from imgclusterd.output.hooks import ALGORITHM_WRITTEN, OBJECT_STAGED
 from imgclusterd.output.plan import plans_alive
 from imgclusterd.pipeline import Pipeline
 
-from .conftest import Workspace
+from .conftest import Workspace, wait_for
 from .test_bad_input import encode, put, smooth, write_config
 
 
@@ -200,3 +200,29 @@ def test_a_whole_tree_refresh_holds_one_algorithm_at_a_time(workspace: Workspace
     assert {folders for _, folders in staged} == {0}
     between = [(plans, folders) for point, plans, folders in seen if point == ALGORITHM_WRITTEN]
     assert between == [(0, 0)] * algorithms
+
+
+def test_idle_pipeline_stops_its_hashing_workers_and_hashes_again_later(
+    workspace: Workspace,
+) -> None:
+    """The hashing workers and their fork server count in the daemon's idle memory (~140 MB
+    at 20,000 photos): once unused for a while they are stopped, and the next photo starts
+    them again."""
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output,
+                                      ws.state)).config  # fmt: skip
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()
+        workers = pipeline.pool.worker_pids()
+        assert workers
+        assert not pipeline.release_idle_pool(3600.0)  # just used: kept
+        assert pipeline.release_idle_pool(0.0)
+        assert not pipeline.release_idle_pool(0.0)  # nothing left to stop
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers),
+                 "hashing workers gone")
+        photo(ws.images, "later.jpg", 9)
+        report = pipeline.refresh()
+        assert report.hashed == 1
+        patched = tree(ws.output)
+    ws.snapshot()
+    assert patched == clean_scan(ws, "clean")

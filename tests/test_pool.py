@@ -169,3 +169,27 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_close_with_stop_server_ends_workers_and_fork_server_and_a_new_pool_works(tmp_path):
+    """An idle daemon stops its hashing processes (Pipeline.release_idle_pool): the workers
+    and the fork server (numpy, Pillow, scipy preloaded) are gone, and hashing later starts
+    them again."""
+    from multiprocessing import forkserver
+
+    paths = _small_files(tmp_path, 4)
+    pool = HashPool(PLAN, workers=2)
+    assert len(list(pool.map(paths))) == 4
+    workers = pool.worker_pids()
+    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    assert workers
+    pool.close(stop_server=True)
+    for pid in workers:
+        _wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"))
+    if pool._context.get_start_method() == "forkserver":
+        assert server is not None and not os.path.exists(f"/proc/{server}")
+    again = HashPool(PLAN, workers=1)
+    try:
+        assert {r.path for r in again.map(paths)} == set(paths)
+    finally:
+        again.close(stop_server=True)

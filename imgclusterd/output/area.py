@@ -45,7 +45,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,11 @@ class Area:
         self.records = self.root / "records"  # per generation: what it retired (retention)
         # Every photo link is a hard link to one inode per (name, target): see linkstore.
         self.links = LinkStore(self.root / "links")
-        self.children: dict[str, list[tuple[str, str]]] = {}
-        self.reach: dict[str, frozenset[str]] = {}  # generation -> digests (see reachable)
+        # (packed: see remember_children; a whole tree's were ~270 MB as tuples at 100,000
+        # photos, kept for good after its write)
+        self.children: dict[str, tuple[str, bytes]] = {}
+        # generation -> the digests it reaches, 16 bytes each (see reachable)
+        self.reach: dict[str, bytes] = {}
         self.record_cache: dict[str, Any] = {}  # generation -> its record (see retention)
         self.lock_file = owner_lock_path(output)
         self._owner: InstanceLock | None = None  # held from acquire() to release()
@@ -600,11 +603,23 @@ class Area:
 
     def reachable(self, generation: str) -> frozenset[str]:
         """Every object digest a generation reaches (memoised: generations never change)."""
-        found = self.reach.get(generation)
-        if found is None:
-            found = frozenset(digest for digest, _, _ in self.walk(generation))
-            self.reach[generation] = found
+        packed = self.reach.get(generation)
+        if packed is not None:
+            text = packed.hex()
+            return frozenset(text[i : i + DIGEST_LEN] for i in range(0, len(text), DIGEST_LEN))
+        found = frozenset(digest for digest, _, _ in self.walk(generation))
+        self.reach[generation] = bytes.fromhex("".join(found))
         return found
+
+    def remember_children(self, digest: str, children: Iterable[tuple[str, str]]) -> None:
+        """Memoise object ``digest``'s (entry name, child digest) pairs, packed: the names
+        in one string, the digests as 16 bytes each (entry names hold no ``/``)."""
+        names: list[str] = []
+        digests: list[str] = []
+        for name, child in children:
+            names.append(name)
+            digests.append(child)
+        self.children[digest] = ("/".join(names), bytes.fromhex("".join(digests)))
 
     def peek_level(self, digest: str) -> int:
         """Level of an object we know nothing about, from its first entry (GC ordering only)."""
@@ -644,11 +659,19 @@ class Area:
                     yield leaf, 2, (algo, slot, threshold)
 
     def object_children(self, digest: str) -> list[tuple[str, str]]:
-        children = self.children.get(digest)
-        if children is None:
+        packed = self.children.get(digest)
+        if packed is None:
             try:
                 children = self._read_children(self.objects / digest, "../")
             except FileNotFoundError:
                 return []
-            self.children[digest] = children
-        return children
+            self.remember_children(digest, children)
+            return children
+        names, digests = packed
+        if not names:
+            return []
+        text = digests.hex()
+        return [
+            (name, text[i * DIGEST_LEN : (i + 1) * DIGEST_LEN])
+            for i, name in enumerate(names.split("/"))
+        ]

@@ -29,7 +29,6 @@ and ``Plan.generation_links`` names the algorithm objects as ``../../objects/<di
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -106,18 +105,33 @@ def _entry_hash(name: str, target: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
 
 
-@dataclass(frozen=True)
 class LeafSum:
-    """A leaf's set hash: how many links, and the sum of their entry hashes mod 2**128."""
+    """A leaf's set hash: how many links, and the sum of their entry hashes mod 2**128.
 
-    count: int
-    total: int
+    Slotted, its digest made at once: the writer keeps one per folder of the tree between
+    refreshes (its model, see ``delta``): ~416,000 at 100,000 photos, where a dataclass with
+    a cached digest cost ~120 B more each.
+    """
+
+    __slots__ = ("count", "digest", "total")
     EMPTY: ClassVar[LeafSum]
 
-    @functools.cached_property
-    def digest(self) -> str:
-        data = f"imgclusterd-leaf-1:{self.count}:{self.total:032x}".encode()
-        return hashlib.blake2b(data, digest_size=DIGEST_LEN // 2).hexdigest()
+    def __init__(self, count: int, total: int) -> None:
+        self.count = count
+        self.total = total
+        data = f"imgclusterd-leaf-1:{count}:{total:032x}".encode()
+        self.digest = hashlib.blake2b(data, digest_size=DIGEST_LEN // 2).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LeafSum):
+            return NotImplemented
+        return self.count == other.count and self.total == other.total
+
+    def __hash__(self) -> int:
+        return hash((self.count, self.total))
+
+    def __repr__(self) -> str:
+        return f"LeafSum(count={self.count}, total={self.total:#x})"
 
 
 LeafSum.EMPTY = LeafSum(0, 0)

@@ -599,9 +599,9 @@ class OutputWriter:
             if obj.level > 0 and obj.base is None:
                 pool.contents[digest] = obj.links
             if obj.level < 2 and obj.base is None:  # (a patch's links are its difference)
-                area.children[digest] = [
-                    (name, target.rsplit("/", 1)[1]) for name, target in obj.links.items()
-                ]
+                area.remember_children(
+                    digest, ((name, target.rsplit("/", 1)[1]) for name, target in obj.links.items())
+                )
             if digest in existing:
                 counts.reused += 1
                 # (a patch's own links are its difference only: write_delta checked it)
