@@ -685,6 +685,8 @@ def sweep_delta_from(
     b_touch = np.array(sorted(new.position[k] for k in both), dtype=np.int64)
     survivors = _Survivors(old, new)
     cap = max(WALK_MIN, max(old.n, new.n) // 32)
+    if not len(a_hot):  # photos only added
+        _carry_labels(old, new)
     labellings = (_Labelling(old), _Labelling(new))
 
     # Below the lightest edge of a changed image every changed image is a single on its side
@@ -718,6 +720,25 @@ def sweep_delta_from(
     for state in (old, new):  # cheap to make again; the adjacency is what is worth keeping
         state.drop_lookups()
     return [result[int(t)] for t in thresholds]
+
+
+def _carry_labels(old: SweepState, new: SweepState) -> None:
+    """Photos only added (nothing removed, renamed or re-hashed; old vertices kept their
+    numbers): ``new``'s labels at the threshold
+    ``old`` kept them for are those merged along the new forest's edges that touch an added
+    vertex -- its other edges are old ones (see :mod:`imgclusterd.cluster`), so the old
+    components are new components or parts of one through an added photo. One pass over the
+    edges instead of labelling every vertex again."""
+    if old.labelled is None or new.labelled is not None or new.n < old.n:
+        return
+    if not np.array_equal(new.keys[: old.n], old.keys):
+        return
+    t, labels = old.labelled
+    f = new.forest
+    k = int(np.searchsorted(f.w, t, side="right"))
+    touching = np.flatnonzero((f.u[:k] >= old.n) | (f.v[:k] >= old.n))
+    grown = np.concatenate([labels, np.arange(old.n, new.n, dtype=labels.dtype)])
+    new.labelled = (t, _merge(grown, f.u[touching], f.v[touching]) if len(touching) else grown)
 
 
 def _lightest_edge(state: SweepState, vertices: np.ndarray) -> int:
