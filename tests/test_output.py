@@ -35,6 +35,7 @@ from imgclusterd.output import (
 from imgclusterd.output.area import rename_at
 from imgclusterd.output.hooks import ALGORITHM_WRITTEN, OBJECT_STAGED, SWAP_LINK_MADE
 from imgclusterd.output.plan import leaf_digest, plan_tree, plans_alive
+from imgclusterd.output.writer import compose_steps
 
 
 class Clock:
@@ -1312,3 +1313,52 @@ def test_spares_of_patched_folders_only_within_the_grace(tmp_path: Path) -> None
     writer.write_delta(delta_between(tree, new))
     assert read_tree(str(output)) == expected(new)
     assert_collected(output)
+
+
+def _apply_step(folder: dict[str, str], step: tuple) -> None:  # type: ignore[type-arg]
+    """What the writer's steps do to a folder's entries (name -> target)."""
+    gone, new, moved = step
+    for name in gone:
+        del folder[name]
+    taken = {new_name: folder.pop(old_name) for new_name, old_name in moved.items()}
+    assert not taken.keys() & folder.keys()
+    folder.update(taken)
+    for name, target in new.items():
+        assert name not in folder
+        folder[name] = target
+
+
+def test_composed_steps_do_what_the_steps_do_one_after_the_other() -> None:
+    """A folder brought forward through several patches is patched once: the composed step
+    (entries renumbered at each patch renamed once) leaves exactly the same entries, and
+    never renames an entry more than once."""
+    rng = random.Random(5)
+    for _ in range(400):
+        start = {f"{i:03d}_x": f"t{i}" for i in range(rng.randrange(0, 12))}
+        folder, steps, fresh = dict(start), [], 0
+        for _ in range(rng.randrange(1, 5)):
+            names = sorted(folder)
+            gone = rng.sample(names, rng.randrange(0, len(names) + 1) // 2)
+            rest = [n for n in names if n not in gone]
+            movers = rng.sample(rest, rng.randrange(0, len(rest) + 1))
+            # destinations: the movers' own names shuffled, freed names, or new ones
+            pool = movers + gone + [f"n{fresh + k}" for k in range(len(movers))]
+            fresh += len(movers)
+            targets = rng.sample(pool, len(movers))
+            moved = {dst: src for src, dst in zip(movers, targets, strict=True) if src != dst}
+            taken = (set(rest) - set(moved.values())) | set(moved)
+            new = {}
+            for _ in range(rng.randrange(0, 3)):
+                fresh += 1
+                name = rng.choice([*gone, f"a{fresh}"])
+                if name not in taken:
+                    new[name] = f"added{fresh}"
+                    taken.add(name)
+            step = (tuple(gone), new, moved)
+            _apply_step(folder, step)
+            steps.append(step)
+        composed = compose_steps(steps)
+        once = dict(start)
+        _apply_step(once, composed)
+        assert once == folder
+        assert len(composed[2]) <= len(start)
