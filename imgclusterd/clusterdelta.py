@@ -14,8 +14,11 @@ an old component unless it lost a removed image. So one pass finds every changed
 
 (one round is closed: a survivor of an unchanged old component only meets added images
 through an edge to one). Everything else is the same set of images; only its number may move,
-since clusters are numbered by size and first path. Each threshold costs a few numpy passes
-over the labels (O(N) with a tiny constant) and Python work only for what changed.
+since clusters are numbered by size and first path. In :func:`sweep_delta` each threshold
+costs a few numpy passes over the labels (O(N) with a tiny constant) and Python work only for
+what changed; :func:`sweep_delta_from` (the daemon's) gives the same deltas from what the last
+refresh kept (:class:`SweepState`), walking the forests from the changed images and
+renumbering from the last sweep's order, so a threshold costs its changed components.
 
 Vertices are put in rank order first, so a component's canonical label (its smallest vertex,
 as :func:`imgclusterd.cluster.sweep` keeps it) is also its first member by rank: the
