@@ -333,7 +333,14 @@ class Pipeline:
             # Patches build on the current generation's folders: never on damaged ones.
             incremental = not force_output and self.writer.can_patch() and not damaged
             states, self._states = self._states, {}
-            tree, delta, pending = self._cluster(report, states if incremental else {})
+            try:
+                tree, delta, pending = self._cluster(report, states if incremental else {})
+            except ValueError as exc:
+                # The clusters' delta could not be made from what the output last received
+                # (a kept numbering that does not match: a bug). The whole tree is right.
+                log.warning("cluster delta refused (%s); planning the whole tree", exc)
+                report.clusters.clear()
+                tree, delta, pending = self._cluster(report, {})
             report.timings["cluster"] = time.perf_counter() - tick
             if self.stop.is_set():
                 report.interrupted = True

@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from imgclusterd.config import load_config
 from imgclusterd.output import ThresholdFolder, WriteHooks, set_default_hooks
 from imgclusterd.output.hooks import ALGORITHM_WRITTEN, OBJECT_STAGED
@@ -226,3 +228,36 @@ def test_idle_pipeline_stops_its_hashing_workers_and_hashes_again_later(
         patched = tree(ws.output)
     ws.snapshot()
     assert patched == clean_scan(ws, "clean")
+
+
+def test_a_refused_cluster_delta_writes_the_whole_tree(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the cluster stage cannot make a delta from what the output last received (it raises
+    ValueError on a stale numbering: a bug), the refresh plans the whole tree instead of
+    failing, and the result is a clean scan's. The fault is injected by replacing
+    ``tree_patches`` (the bug it stands for cannot be provoked from outside)."""
+    import imgclusterd.pipeline as pipeline_module
+
+    ws = workspace
+    config = load_config(write_config(ws.root / "cfg.toml", ws.images, ws.output,
+                                      ws.state)).config  # fmt: skip
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("phash_8: the numbering is stale")
+
+    with Pipeline(config) as pipeline:
+        pipeline.refresh()
+        photo(ws.images, "later.jpg", 7)
+        monkeypatch.setattr(pipeline_module, "tree_patches", refuse)
+        with caplog.at_level("WARNING", logger="imgclusterd"):
+            report = pipeline.refresh()
+        assert report.output is not None and report.output.planned == "tree"
+        assert "cluster delta refused" in caplog.text
+        monkeypatch.undo()
+        photo(ws.images, "later2.jpg", 8)
+        report = pipeline.refresh()  # and the next refresh patches again
+        assert report.output is not None and report.output.planned == "delta"
+        result = tree(ws.output)
+    ws.snapshot()
+    assert result == clean_scan(ws, "clean")
