@@ -295,15 +295,7 @@ def _delta_at(
             stays &= ~a_touch[base_members]
             removed = base_members[~stays]
             base_number = int(a_numbers[base])
-        olds_clustered = b_parts[label]
-        if len(olds_clustered) >= 2:
-            kind = "merged"
-        elif not olds_clustered:
-            kind = "added"
-        elif a_pieces.get(olds_clustered[0], 0) >= 2:
-            kind = "split"
-        else:
-            kind = "changed"
+        kind = _change_kind(b_parts[label], a_pieces)
         changed.append(
             ClusterChange(
                 number=int(b_numbers[label]),
@@ -357,6 +349,18 @@ def _lightest(side: _Side, vertices: np.ndarray) -> int:
     hot[vertices] = True
     touching = side.w[hot[side.u] | hot[side.v]]
     return int(touching.min()) if len(touching) else np.iinfo(np.int32).max
+
+
+def _change_kind(old_parts: Sequence[int], old_pieces: Mapping[int, int]) -> str:
+    """How a new cluster came about, from the old clusters among its members (``old_parts``)
+    and how many new clusters each old one went to (``old_pieces``)."""
+    if len(old_parts) >= 2:
+        return "merged"
+    if not old_parts:
+        return "added"
+    if old_pieces.get(old_parts[0], 0) >= 2:
+        return "split"
+    return "changed"
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -839,15 +843,7 @@ def _changes_at(
             stays[stays] = b.of(targets[stays]) == j
             stays &= ~_among(base_members, a_touched)
             removed = base_members[~stays]
-        parts_clustered = b_parts[j]
-        if len(parts_clustered) >= 2:
-            kind = "merged"
-        elif not parts_clustered:
-            kind = "added"
-        elif a_pieces.get(parts_clustered[0], 0) >= 2:
-            kind = "split"
-        else:
-            kind = "changed"
+        kind = _change_kind(b_parts[j], a_pieces)
         changes.append((j, kind, base, new.keys[added],
                         old.keys[removed] if len(removed) else _EMPTY))  # fmt: skip
 

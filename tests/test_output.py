@@ -1212,12 +1212,11 @@ def _with_unclustered(tree: OutputTree, photo: Link) -> OutputTree:
     }
 
 
-def test_the_second_delta_write_patches_the_folders_its_swap_retires(tmp_path: Path) -> None:
-    """The second write after a whole tree (no spares made): the generation before the
-    previous one is past its grace and would be dropped after this swap, so it is dropped
-    before the build, and its unclustered folders -- retired ancestors of this write's bases
-    -- are patched forward (same directory, renamed into place) instead of copied link by
-    link (20,000 photos: ~2 million link() calls, a minute)."""
+def _thirty_of_forty(
+    tmp_path: Path,
+) -> tuple[list[Link], Path, Clock, OutputWriter, OutputTree, Path, dict[int, str]]:
+    """A lean writer (grace 10 s) that wrote a whole tree of 30 of 40 photos: the photos, the
+    output, its clock, the writer, the tree, the objects folder and its objects by inode."""
     links = make_images(tmp_path / "images", 40)
     output = tmp_path / "out"
     clock = Clock()
@@ -1226,6 +1225,16 @@ def test_the_second_delta_write_patches_the_folders_its_swap_retires(tmp_path: P
     writer.write(tree)
     objects = area_path(output) / "objects"
     first = {os.stat(objects / d).st_ino: d for d in os.listdir(objects)}
+    return links, output, clock, writer, tree, objects, first
+
+
+def test_the_second_delta_write_patches_the_folders_its_swap_retires(tmp_path: Path) -> None:
+    """The second write after a whole tree (no spares made): the generation before the
+    previous one is past its grace and would be dropped after this swap, so it is dropped
+    before the build, and its unclustered folders -- retired ancestors of this write's bases
+    -- are patched forward (same directory, renamed into place) instead of copied link by
+    link (20,000 photos: ~2 million link() calls, a minute)."""
+    links, output, clock, writer, tree, objects, first = _thirty_of_forty(tmp_path)
     for photo in links[30:32]:
         clock.now += 20  # an idle gap longer than the grace, no spares made in it
         new = _with_unclustered(tree, photo)
@@ -1276,14 +1285,7 @@ def test_spares_of_patched_folders_only_within_the_grace(tmp_path: Path) -> None
     grace period of the generation it replaced; a later write patches that generation's
     retired folders (released before it builds). So idle time past the grace makes none:
     at 20,000 photos each would be copies of ~2 million links, deleted unused."""
-    links = make_images(tmp_path / "images", 40)
-    output = tmp_path / "out"
-    clock = Clock()
-    writer = OutputWriter(output, grace_seconds=10, clock=clock, recycle_min=4, lean=True)
-    tree = chain_tree(links[:30])
-    writer.write(tree)
-    objects = area_path(output) / "objects"
-    first = {os.stat(objects / d).st_ino: d for d in os.listdir(objects)}
+    links, output, clock, writer, tree, objects, first = _thirty_of_forty(tmp_path)
     writer.prepare_spares(lambda: False)  # after a whole tree: no ancestors, spares made
     pool = area_path(output) / "pool"
     assert os.listdir(pool)
