@@ -320,14 +320,7 @@ def _delta_at(
         targets = targets[targets >= 0]
         pieces = np.unique(b.labels[targets])
         clustered_pieces = [p for p in pieces.tolist() if b.sizes[p] >= 2]
-        if not clustered_pieces:
-            kind = "removed"
-        elif len(pieces) >= 2:
-            kind = "split"
-        elif any(len(b_parts.get(p, ())) >= 2 for p in clustered_pieces):
-            kind = "merged"
-        else:
-            kind = "changed"
+        kind = _gone_kind(len(pieces), clustered_pieces, b_parts)
         gone.append((int(a_numbers[label]), kind))
     gone.sort()
 
@@ -360,6 +353,21 @@ def _change_kind(old_parts: Sequence[int], old_pieces: Mapping[int, int]) -> str
         return "added"
     if old_pieces.get(old_parts[0], 0) >= 2:
         return "split"
+    return "changed"
+
+
+def _gone_kind(
+    pieces: int, clustered_pieces: Sequence[int], new_parts: Mapping[int, Sequence[int]]
+) -> str:
+    """What became of an old cluster's number, from the new components its members are in
+    (``pieces`` of them, ``clustered_pieces`` the ones of two or more photos) and the old
+    clusters each new one holds (``new_parts``)."""
+    if not clustered_pieces:
+        return "removed"
+    if pieces >= 2:
+        return "split"
+    if any(len(new_parts.get(p, ())) >= 2 for p in clustered_pieces):
+        return "merged"
     return "changed"
 
 
@@ -858,15 +866,7 @@ def _changes_at(
             continue
         pieces = list(_count(b.of(targets[targets >= 0])))
         clustered_pieces = [p for p in pieces if b_size[p] >= 2]
-        if not clustered_pieces:
-            kind = "removed"
-        elif len(pieces) >= 2:
-            kind = "split"
-        elif any(len(b_parts.get(p, ())) >= 2 for p in clustered_pieces):
-            kind = "merged"
-        else:
-            kind = "changed"
-        gone.append((i, kind))
+        gone.append((i, _gone_kind(len(pieces), clustered_pieces, b_parts)))
     return _Local(
         escape=min(a.escape, b.escape),
         a_comps=a.comps,
