@@ -713,7 +713,7 @@ def sweep_delta_from(
     after = Numbering()
     result: dict[int, ThresholdDelta] = {}
     local: _Local | None = None
-    memo: dict[tuple[int, int, int], ThresholdDelta] = {}
+    memo: dict[tuple[int, int, int], tuple[ThresholdDelta, tuple[object, ...]]] = {}
     for t in wanted:
         if t < quiet_below:
             after.first[t] = before.first[t]
@@ -886,7 +886,7 @@ def _numbered(
     new: SweepState,
     before: Numbering,
     after: Numbering,
-    memo: dict[tuple[int, int, int], ThresholdDelta],
+    memo: dict[tuple[int, int, int], tuple[ThresholdDelta, tuple[object, ...]]],
 ) -> ThresholdDelta:
     """The delta at ``t``: ``local``'s changes numbered from ``before``'s order at ``t``, whose
     changed clusters leave it and new ones enter it (``after``, for the next refresh).
@@ -895,7 +895,9 @@ def _numbered(
     share the order they make."""
     old_first, old_minus = before.first[t], before.minus_sizes[t]
     after.unclustered[t] = before.unclustered[t] + local.singles
-    seen = memo.get((id(local), id(old_first), id(old_minus)))
+    key = (id(local), id(old_first), id(old_minus))
+    # Each entry holds on to the objects of its key, so no id is reused while the memo lives.
+    seen = memo[key][0] if key in memo else None
     if seen is not None:
         after.first[t], after.minus_sizes[t] = after.first[seen.threshold], after.minus_sizes[
             seen.threshold]  # fmt: skip
@@ -966,7 +968,7 @@ def _numbered(
         unclustered_added=local.unclustered_added,
         unclustered_removed=local.unclustered_removed,
     )
-    memo[(id(local), id(old_first), id(old_minus))] = delta
+    memo[key] = (delta, (local, old_first, old_minus))
     return delta
 
 

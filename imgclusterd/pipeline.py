@@ -335,7 +335,7 @@ class Pipeline:
             states, self._states = self._states, {}
             try:
                 tree, delta, pending = self._cluster(report, states if incremental else {})
-            except ValueError as exc:
+            except (ValueError, LookupError) as exc:
                 # The clusters' delta could not be made from what the output last received
                 # (a kept numbering that does not match: a bug). The whole tree is right.
                 log.warning("cluster delta refused (%s); planning the whole tree", exc)

@@ -230,13 +230,16 @@ def test_idle_pipeline_stops_its_hashing_workers_and_hashes_again_later(
     assert patched == clean_scan(ws, "clean")
 
 
+@pytest.mark.parametrize("error", [ValueError, KeyError])
 def test_a_refused_cluster_delta_writes_the_whole_tree(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    error: type[Exception],
 ) -> None:
     """If the cluster stage cannot make a delta from what the output last received (it raises
-    ValueError on a stale numbering: a bug), the refresh plans the whole tree instead of
-    failing, and the result is a clean scan's. The fault is injected by replacing
-    ``tree_patches`` (the bug it stands for cannot be provoked from outside)."""
+    ValueError on a stale numbering, KeyError on a lookup in it: a bug), the refresh plans
+    the whole tree instead of failing, and the result is a clean scan's. The fault is
+    injected by replacing ``tree_patches`` (the bug it stands for cannot be provoked from
+    outside)."""
     import imgclusterd.pipeline as pipeline_module
 
     ws = workspace
@@ -244,7 +247,7 @@ def test_a_refused_cluster_delta_writes_the_whole_tree(
                                       ws.state)).config  # fmt: skip
 
     def refuse(*args: object, **kwargs: object) -> None:
-        raise ValueError("phash_8: the numbering is stale")
+        raise error("phash_8: the numbering is stale")
 
     with Pipeline(config) as pipeline:
         pipeline.refresh()
