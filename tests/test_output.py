@@ -1064,14 +1064,16 @@ def assert_collected(output: Path) -> None:
 
 
 def written_chain(
-    tmp_path: Path, seed: int, hooks: WriteHooks | None = None
+    tmp_path: Path, seed: int, hooks: WriteHooks | None = None, *, grace: float = 0.0,
+    lean: bool = False,
 ) -> tuple[random.Random, list[Link], Path, Clock, OutputWriter, OutputTree]:
-    """A writer with grace 0 on the injected clock that has written a chain tree of 30 of 40
-    photos (the start of the record/collection tests)."""
+    """A writer (grace 0 unless told) on the injected clock that has written a chain tree of 30
+    of 40 photos (the start of the record/collection tests)."""
     links = make_images(tmp_path / "images", 40)
     output = tmp_path / "out"
     clock = Clock()
-    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=4, hooks=hooks)
+    writer = OutputWriter(output, grace_seconds=grace, clock=clock, recycle_min=4, hooks=hooks,
+                          lean=lean)
     tree = chain_tree(links[:30])
     writer.write(tree)
     return random.Random(seed), links, output, clock, writer, tree
@@ -1217,12 +1219,7 @@ def _thirty_of_forty(
 ) -> tuple[list[Link], Path, Clock, OutputWriter, OutputTree, Path, dict[int, str]]:
     """A lean writer (grace 10 s) that wrote a whole tree of 30 of 40 photos: the photos, the
     output, its clock, the writer, the tree, the objects folder and its objects by inode."""
-    links = make_images(tmp_path / "images", 40)
-    output = tmp_path / "out"
-    clock = Clock()
-    writer = OutputWriter(output, grace_seconds=10, clock=clock, recycle_min=4, lean=True)
-    tree = chain_tree(links[:30])
-    writer.write(tree)
+    _, links, output, clock, writer, tree = written_chain(tmp_path, 0, grace=10, lean=True)
     objects = area_path(output) / "objects"
     first = {os.stat(objects / d).st_ino: d for d in os.listdir(objects)}
     return links, output, clock, writer, tree, objects, first
@@ -1260,11 +1257,7 @@ def test_spares_after_a_whole_tree_are_the_folders_a_photo_changes_biggest_first
     """After a whole-tree write (every folder written), idle time copies only the folders one
     more photo changes -- each threshold's folder and unclustered folder -- biggest first,
     not every folder of the tree (a second tree, deleted unused at the next write)."""
-    links = make_images(tmp_path / "images", 40)
-    output = tmp_path / "out"
-    writer = OutputWriter(output, grace_seconds=0, clock=Clock(), recycle_min=4, lean=True)
-    tree = chain_tree(links[:30])
-    writer.write(tree)
+    _, _, output, _, writer, tree = written_chain(tmp_path, 0, lean=True)
     pool = area_path(output) / "pool"
     calls = iter(range(2))  # one spare, then "an event arrived"
     writer.prepare_spares(lambda: next(calls, 1) > 0)
