@@ -10,7 +10,8 @@ measured from the file operation until ``OUTPUT`` names a generation that shows 
 debounce, with the daemon's own split (scan / hash / cluster / write) from its log:
 
   index     the first index: scan + hash + cluster + write, and the daemon's resident memory
-            (main process and every worker: the sum of their RSS, and of their PSS) once idle
+            (main process and every worker: the sum of their RSS, and of their PSS) once idle,
+            i.e. once the hashing workers have stopped (``--idle-wait``), and its peak
   +1        one new photo (``--repeat`` drops, median), ``--gap`` seconds of idle time before
             each (the daemon prepares spare folders in idle time)
   -1        one photo deleted
@@ -45,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from benchmarks.bench_daemon import Daemon, timings, write_config
+from imgclusterd.daemon import POOL_IDLE_SECONDS
 from imgclusterd.output import area_path
 
 _PER_FOLDER = 1000
@@ -152,6 +154,29 @@ def memory(pid: int) -> dict[str, float]:
     return {"rss_mb": rss / 1024, "pss_mb": pss / 1024, "processes": processes}
 
 
+def peak_mb(pid: int) -> float:
+    """The highest RSS ``pid`` itself has had (``VmHWM``), in MB."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def idle_memory(pid: int, wait: float) -> dict[str, float]:
+    """:func:`memory` once the daemon is idle: its hashing workers stop after two minutes unused
+    (``daemon.POOL_IDLE_SECONDS``), so wait up to ``wait`` seconds for the main process to be
+    alone, then read; ``waited`` says how long that took, ``peak_main_mb`` the main process's
+    high-water mark so far."""
+    tick = time.monotonic()
+    while time.monotonic() - tick < wait and len(descendants(pid)) > 1:
+        time.sleep(2.0)
+    result = memory(pid)
+    result["waited"] = round(time.monotonic() - tick, 1)
+    result["peak_main_mb"] = peak_mb(pid)
+    return result
+
+
 def output_size(output: Path) -> dict[str, int]:
     """Entries, inodes and bytes of the output area (all generations, objects, pool, links)."""
     area = area_path(output)
@@ -246,7 +271,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         print(f"N={n}: initial index {show(index)} "
               f"(watcher {daemon.status()['watcher']['mode']})", flush=True)
         time.sleep(args.gap)
-        result["memory_idle"] = memory(daemon.proc.pid)
+        result["memory_idle"] = idle_memory(daemon.proc.pid, args.idle_wait)
         print(f"N={n}: idle after index: {result['memory_idle']}", flush=True)
 
         count = n
@@ -308,7 +333,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         print(f"N={n}: +{len(burst)} at once: {show(result['add_burst'])}", flush=True)
 
         time.sleep(args.gap)
-        result["memory_end"] = memory(daemon.proc.pid)
+        result["memory_end"] = idle_memory(daemon.proc.pid, args.idle_wait)
         print(f"N={n}: idle at the end: {result['memory_end']}", flush=True)
     finally:
         code = daemon.stop()
@@ -337,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
     parser.add_argument("--grace", type=float, default=None,
                         help="generation_grace (default: the config default, 60 s)")
+    parser.add_argument("--idle-wait", type=float, default=POOL_IDLE_SECONDS + 30.0,
+                        help="seconds to wait, before reading idle memory, for the hashing "
+                             f"workers to stop (they stop after {POOL_IDLE_SECONDS:.0f} s unused)")
     parser.add_argument("--index-timeout", type=float, default=4 * 3600.0)
     parser.add_argument("--no-size", action="store_true", help="skip the output area's du/find")
     args = parser.parse_args(argv)

@@ -57,7 +57,7 @@ class HashPool:
             # Import Pillow/numpy/scipy once in the fork server rather than in every worker.
             self._context.set_forkserver_preload(["imgclusterd.hashing"])
         self._executor: ProcessPoolExecutor | None = None
-        self.used_at = time.monotonic()  # when map() last ran (see Pipeline.release_idle_pool)
+        self.used_at = time.monotonic()  # when map() last started or ended (see Pipeline.release_idle_pool)
         self.restarts = 0  # how many times a broken pool was replaced (for status/tests)
 
     def __enter__(self) -> HashPool:
@@ -144,6 +144,9 @@ class HashPool:
         finally:
             for future in in_flight:
                 future.cancel()
+            # Idle time counts from the end of the work: a run of hashing longer than the idle
+            # limit must not stop the workers at the first idle tick after it.
+            self.used_at = time.monotonic()
 
     def close(self, cancel: bool = False, stop_server: bool = False) -> None:
         """Shut the workers down; ``cancel`` drops queued work and kills running tasks.

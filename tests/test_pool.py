@@ -53,6 +53,18 @@ def test_workers_are_not_forked():
     assert pool._context.get_start_method() in ("forkserver", "spawn")
 
 
+def test_the_pool_counts_idle_time_from_the_end_of_a_map(slow_file):
+    """``used_at`` (what Pipeline.release_idle_pool measures idle time from) is the end of the
+    last map, not its start: a long hashing run must not look idle the moment it ends."""
+    with HashPool(PLAN, workers=1) as pool:
+        results = []
+        for result in pool.map([slow_file]):
+            results.append(result)
+            hashed_at = time.monotonic()
+        assert results[0].error is None
+        assert pool.used_at >= hashed_at
+
+
 def test_every_path_gets_one_result(tmp_path):
     paths = _small_files(tmp_path, 30)
     paths.append(str(tmp_path / "missing.jpg"))
