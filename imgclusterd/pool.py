@@ -57,7 +57,8 @@ class HashPool:
             # Import Pillow/numpy/scipy once in the fork server rather than in every worker.
             self._context.set_forkserver_preload(["imgclusterd.hashing"])
         self._executor: ProcessPoolExecutor | None = None
-        self.used_at = time.monotonic()  # when map() last started or ended (see Pipeline.release_idle_pool)
+        # When map() last started or ended (see Pipeline.release_idle_pool).
+        self.used_at = time.monotonic()
         self.restarts = 0  # how many times a broken pool was replaced (for status/tests)
 
     def __enter__(self) -> HashPool:
