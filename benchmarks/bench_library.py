@@ -256,7 +256,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
     # New pictures on every run: a --reuse run's store still knows the last run's drops (kept
     # as vanished rows), and would recognise them as copies instead of hashing them.
     runs = root / "runs"
-    run = int(runs.read_text()) + 1 if runs.exists() else 0
+    run = int(runs.read_text()) + 1 if runs.exists() else 1
     runs.write_text(str(run))
     singles = single_photos(staging / "one", args.repeat, seed=10**7 + n + 10**6 * run)
     burst = single_photos(staging / "burst", args.burst, seed=2 * 10**9 + n + 10**6 * run)
