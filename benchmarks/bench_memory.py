@@ -24,6 +24,16 @@ is written there, so the library is left as it is. Measured, in MB:
 
 ``--again`` writes the whole tree a second time (``force_output``) and reports the peak and
 idle RSS after it too: the memory a refresh leaves must not grow from one write to the next.
+
+``changes`` (unless ``--drops 0``): then, in the daemon's order, ``--drops`` single photos
+dropped one at a time, one of them deleted, one renamed, and a burst of ``--burst`` photos
+(what ``bench_library`` does to the real daemon, whose main process grew from 764 MB to
+~1.1 GB at 100,000 photos over those). Before each, ``--gap`` seconds of idle time in which
+the writer prepares spare folders, as the daemon does, followed by the daemon's end-of-idle-work
+trim; each change is one ``refresh(dirty=[...])``. Per change: the RSS right after the
+refresh and after the idle time that follows it; then ``idle_after_changes``: the RSS once the
+hashing processes are released (the daemon after 120 s), the main process only. The photos are
+real JPEGs written into ``<library>/images/bench_memory_drops`` and removed at the end.
 This is a measurement, not a test: nothing is asserted.
 """
 
@@ -33,17 +43,26 @@ import argparse
 import ctypes
 import gc
 import json
+import logging
 import os
 import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_library import memory
+from benchmarks.bench_library import memory, single_photos
 from imgclusterd.config import Config
 from imgclusterd.pipeline import Pipeline
+
+try:  # what the daemon does once its idle work is done (session 6)
+    from imgclusterd.memory import give_back
+except ImportError:  # before: nothing
+    give_back = None  # type: ignore[assignment]
+
+_DROPS = "bench_memory_drops"  # made by this benchmark in the library's images, then removed
 
 
 def _status(field: str) -> float:
@@ -53,6 +72,49 @@ def _status(field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _pymalloc() -> dict[str, float]:
+    """Python's small-object allocator (sys._debugmallocstats, written to fd 2), in MB: its
+    arenas (1 MiB mappings, given back only when empty), and the bytes in live blocks."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as text:
+        os.dup2(text.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        text.seek(0)
+        lines = text.read().decode(errors="replace").splitlines()
+    found: dict[str, float] = {}
+    for line in lines:
+        if line.startswith("# arenas allocated current"):
+            found["arenas"] = float(line.split("=")[1].replace(",", ""))  # 1 MiB each
+        elif line.startswith("# bytes in allocated blocks"):
+            found["live"] = int(line.split("=")[1].replace(",", "")) / 2**20
+    return {k: round(v, 1) for k, v in found.items()}
+
+
+def _where() -> dict[str, float]:
+    """Where the resident memory is (MB): the brk heap, Python's small-object arenas, other
+    anonymous mappings (numpy arrays, thread arenas, stacks), files (code, the store's mmap)."""
+    rss = {"heap": 0, "anonymous": 0, "files": 0}
+    kind = "files"
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5 and not first[0].endswith(":"):
+                name = first[5].strip() if len(first) > 5 else ""
+                kind = "heap" if name == "[heap]" else "files" if name.startswith("/") else (
+                    "anonymous")
+            elif first[0] == "Rss:":
+                rss[kind] += int(first[1])
+    out = {k: round(v / 1024, 1) for k, v in rss.items()}
+    pymalloc = _pymalloc()
+    out["pymalloc_arenas"] = pymalloc.get("arenas", 0.0)
+    out["pymalloc_live"] = pymalloc.get("live", 0.0)
+    return out
 
 
 def _reset_peak() -> None:
@@ -79,11 +141,68 @@ def _copy_store(source: Path, dest: Path, cold: bool) -> None:
     dst.close()
 
 
+def _idle(pipeline: Pipeline, gap: float) -> float:
+    """``gap`` seconds of the daemon's idle time: spare folders until it is over, then the
+    end-of-idle-work trim; returns the RSS after it."""
+    assert pipeline.writer is not None
+    deadline = time.monotonic() + gap
+    pipeline.writer.prepare_spares(lambda: time.monotonic() >= deadline)
+    if give_back is not None:
+        give_back("idle work")
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    return _status("VmRSS")
+
+
+def _changes(args: argparse.Namespace, pipeline: Pipeline, images: Path) -> dict[str, Any]:
+    """Single drops, a delete, a rename and a burst, each after idle time (see the doc)."""
+    folder = images / _DROPS
+    staging = Path(args.work) / "staging"
+    singles = single_photos(staging / "one", args.drops, seed=10**7 + 1)
+    burst = single_photos(staging / "burst", args.burst, seed=2 * 10**7 + 1)
+    folder.mkdir()
+    steps: list[tuple[str, Any, list[Path]]] = []
+    for number, staged in enumerate(singles):
+        target = folder / staged.name
+        steps.append((f"+1 #{number + 1}", lambda s=staged, t=target: shutil.copyfile(s, t),
+                      [target]))
+    if singles:
+        victim = folder / singles[0].name
+        steps.append(("-1", victim.unlink, [victim]))
+    if len(singles) > 1:
+        source = folder / singles[-1].name
+        moved = folder / f"renamed-{singles[-1].name}"
+        steps.append(("rename", lambda: os.rename(source, moved), [source, moved]))
+    if burst:
+        into = folder / "burst"
+
+        def copy_burst() -> None:
+            into.mkdir()
+            for staged in burst:
+                shutil.copyfile(staged, into / staged.name)
+
+        steps.append((f"+{len(burst)}", copy_burst, [into]))
+    out: dict[str, Any] = {}
+    _reset_peak()
+    for name, action, dirty in steps:
+        before_idle = _idle(pipeline, args.gap)
+        action()
+        started = time.perf_counter()
+        pipeline.refresh(dirty=[str(p) for p in dirty])
+        out[name] = {"s": round(time.perf_counter() - started, 1),
+                     "rss_idle_before": round(before_idle, 1),
+                     "rss_after_refresh": round(_status("VmRSS"), 1)}
+        print(f"{name}: {out[name]}", file=sys.stderr, flush=True)
+    out["rss_idle_after_last"] = round(_idle(pipeline, args.gap), 1)
+    out["peak"] = round(_status("VmHWM"), 1)
+    return out
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     library = Path(args.library)
     work = Path(args.work)
     if work.exists():
         shutil.rmtree(work)
+    shutil.rmtree(library / "images" / _DROPS, ignore_errors=True)
     _copy_store(library / "state" / "store.sqlite", work / "state" / "store.sqlite", args.cold)
     config = Config(
         images=library / "images",
@@ -91,6 +210,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         state_dir=work / "state",
         explorer=not args.no_explorer,
         thumbnails=False,
+        generation_grace=args.grace,
     )
     result: dict[str, Any] = {"library": str(library)}
     with Pipeline(config) as pipeline:
@@ -104,6 +224,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         result["peak"] = _status("VmHWM")
         result["idle"] = _status("VmRSS")
         result["idle_trimmed"] = _trim()
+        result["where_idle"] = _where()
         if args.again:
             _reset_peak()
             pipeline.refresh(force_output=True)
@@ -117,6 +238,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["workers_processes"] = together["processes"] - 1
             pipeline.release_idle_pool(0.0)  # what the idle daemon does after 120 s
             result["after_pool_released"] = round(memory(os.getpid())["rss_mb"], 1)
+        if args.drops or args.burst:
+            result["changes"] = _changes(args, pipeline, library / "images")
+            pipeline.release_idle_pool(0.0)  # what the idle daemon does after 120 s
+            result["idle_after_changes"] = round(_status("VmRSS"), 1)
+            result["where_after_changes"] = _where()
         kept: dict[str, float] = {}
         before = _trim()
         writer = pipeline.writer
@@ -141,6 +267,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         after = _trim()
         kept["catalog + explorer caches"], before = before - after, after
         kept["remains"] = after
+        result["where_remains"] = _where()
         result["kept"] = {k: round(v, 1) for k, v in kept.items()}
     for key in ("start", "peak", "idle", "idle_trimmed", "again_peak", "again_idle"):
         if key in result:
@@ -160,11 +287,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", action="store_true",
                         help="start the hashing pool and measure its processes")
     parser.add_argument("--no-explorer", action="store_true", help="explorer = false")
+    parser.add_argument("--drops", type=int, default=3,
+                        help="single photos dropped after the index (then -1, rename; 0: none)")
+    parser.add_argument("--burst", type=int, default=100,
+                        help="photos added at once after the drops (0: none)")
+    parser.add_argument("--gap", type=float, default=20.0,
+                        help="seconds of idle time (spare folders) before each change")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="pin glibc's mmap threshold to this many bytes first (mallopt "
+                             "M_MMAP_THRESHOLD; 0: glibc's dynamic default)")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="generation_grace (bench_library's runs used 10)")
     parser.add_argument("--keep", action="store_true", help="keep --work afterwards")
     args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+    logging.getLogger("imgclusterd.memory").setLevel(logging.DEBUG)  # what each trim gave
+    if args.mmap_threshold:  # an experiment: big blocks always mmapped, never in the heap
+        ctypes.CDLL("libc.so.6").mallopt(-3, args.mmap_threshold)  # M_MMAP_THRESHOLD
     try:
         result = bench(args)
     finally:
+        shutil.rmtree(Path(args.library) / "images" / _DROPS, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
     json.dump(result, sys.stdout, indent=1)

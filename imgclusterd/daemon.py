@@ -44,6 +44,7 @@ from .debounce import Batch, Debouncer
 from .errors import ImagesFolderError, ImgclusterdError, OutputError
 from .filters import is_candidate
 from .lock import InstanceLock
+from .memory import give_back
 from .mount import Mount, SnapshotHolder, load_binding
 from .notify import Notifier, watchdog_interval
 from .pipeline import Pipeline, RefreshReport, check_layout
@@ -157,6 +158,7 @@ class Daemon:
         self._sighups = 0  # SIGHUPs whose rescan is requested (written by the signal thread)
         self._signal_logged: dict[int, float] = {}
         self._missed_warning: str | None = None  # see _check_watch_effective
+        self._give_back_owed = False  # work was done since the heap was last trimmed
 
         self.debouncer = Debouncer(
             config.debounce, config.max_delay, clock, on_change=self.wake.set
@@ -340,10 +342,18 @@ class Daemon:
         elif self.state.phase != "waiting" and self.debouncer.due():
             self._refresh()
         elif self.state.phase == "idle" and not self.debouncer.pending():
-            self._prepare_spares()
-            self._make_thumbnails()
+            worked = self._prepare_spares()
+            worked = self._make_thumbnails() or worked
             if self.pipeline is not None and not self.debouncer.pending():
                 self.pipeline.release_idle_pool(POOL_IDLE_SECONDS)
+                if worked:
+                    self._give_back_owed = True
+                elif self._give_back_owed:
+                    # Refreshes and idle jobs are over: the daemon may now sit idle for hours,
+                    # so hand the heap's freed pages back (at 100,000 photos it kept ~1.1 GB
+                    # resident after a few drops otherwise). Once, not on every idle tick.
+                    self._give_back_owed = False
+                    give_back("refreshes and idle work")
         self.state.pending = len(self.debouncer) + len(self._held.paths)
         self._heartbeat()
 
@@ -406,6 +416,7 @@ class Daemon:
         self._failures = 0
         self.state.failure = None
         self.state.refreshes += 1
+        self._give_back_owed = True
         self.state.sighup_rescans = sighups
         self._log_refresh(report)
         when = time.strftime("%H:%M", time.localtime())
@@ -438,12 +449,12 @@ class Daemon:
         self._copy_watcher_warnings()
         self._heartbeat(force=True)
 
-    def _prepare_spares(self) -> None:
+    def _prepare_spares(self) -> bool:
         """Spend idle time making the next refresh cheap: spare copies of the output folders
         the last refresh changed, patched by the next one instead of rewritten whole (see
-        OutputWriter.prepare_spares). Any new event stops it at once."""
+        OutputWriter.prepare_spares). Any new event stops it at once. True if it made any."""
         if self.pipeline is None or self.pipeline.writer is None:
-            return
+            return False
 
         def should_stop() -> bool:
             return self.stop.is_set() or self.debouncer.pending()
@@ -453,15 +464,17 @@ class Daemon:
             self._heartbeat()
 
         try:
-            self.pipeline.writer.prepare_spares(should_stop, progress)
+            return self.pipeline.writer.prepare_spares(should_stop, progress) > 0
         except Exception as exc:  # an optimisation: never a reason to stop the daemon
             log.warning("could not prepare spare output folders: %s", exc)
+            return False
 
-    def _make_thumbnails(self) -> None:
+    def _make_thumbnails(self) -> bool:
         """Idle time: thumbnails of photos hashed before thumbnails existed, and removal of
-        those no photo needs (Pipeline.make_thumbnails). Any new event stops it at once."""
+        those no photo needs (Pipeline.make_thumbnails). Any new event stops it at once.
+        True if it made any."""
         if self.pipeline is None:
-            return
+            return False
         message = self.state.message
         try:
             made, left = self.pipeline.make_thumbnails(
@@ -476,6 +489,7 @@ class Daemon:
             log.info("made %d thumbnails in idle time (%d still missing)", made, left)
             if not left and self.config.explorer:
                 self.debouncer.request_rescan("new thumbnails for the explorer page")
+        return made > 0
 
     def _retry_later(self, message: str, batch: Batch) -> None:
         """Keep ``batch`` for the retry, RETRY_AFTER from now, doubling while it fails."""

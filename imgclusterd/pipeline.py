@@ -10,10 +10,7 @@ Only this module wires the stages together; each stage knows nothing of the othe
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
-import gc
 import logging
 import os
 import sqlite3
@@ -44,6 +41,7 @@ from .explorer import (
 from .fsinfo import filesystem_type, is_network_filesystem
 from .hashing import FileFacts, HashPlan, HashResult, file_digest, thumbnail_file
 from .incremental import AlgorithmState, tree_patches
+from .memory import give_back
 from .output import (
     Link,
     OutputWriter,
@@ -368,8 +366,12 @@ class Pipeline:
             report.timings["write"] = time.perf_counter() - tick - tree.seconds
             report.timings["cluster"] += tree.seconds
             if tree:
-                del tree  # a whole-tree write allocated and freed a lot: give it back
-                _return_free_memory()
+                # A whole-tree write's plan held a link reference per photo per threshold
+                # folder (44 million at 100,000 photos); glibc keeps most of the freed pages
+                # (20,000 photos: 720 MB resident after the first write, 540 MB after this).
+                # A delta write's smaller garbage is given back by the daemon once idle.
+                del tree
+                give_back("a whole-tree write")
         else:
             report.generation = current
             report.clusters = last.get("clusters", {})
@@ -1227,21 +1229,6 @@ class _SweepTree(Mapping[str, Sequence[ThresholdFolder]]):
 
     def __len__(self) -> int:
         return len(self.makers)
-
-
-def _return_free_memory() -> None:
-    """Hand the heap's free pages back to the system after a whole-tree write. Its plan holds
-    a link reference per photo per threshold folder (44 million at 100,000 photos); once freed,
-    glibc keeps most of those pages, and the idle daemon stayed ~25 % bigger (measured at
-    20,000 photos: 720 MB resident after the first write, 540 MB after this). No-op where
-    there is no glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    gc.collect()
-    trim(0)
 
 
 def _facts_now(path: str) -> FileFacts | None:

@@ -175,3 +175,37 @@ def test_no_busy_loop_while_waiting_for_the_folder_with_a_retry_due(
     daemon.tick()
     assert daemon.state.phase == "idle" and daemon.state.failure is None
     assert daemon.refreshes == 2
+
+
+def test_the_idle_daemon_gives_memory_back_once_its_refresh_and_idle_work_are_done(
+        workspace: Workspace, stepped: tuple[Daemon, Clock, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    daemon, clock, out = stepped
+    caplog.set_level(logging.DEBUG, logger="imgclusterd.memory")
+
+    def given_back(after: str) -> int:
+        return sum(r.name == "imgclusterd.memory" and r.getMessage().startswith("memory: gave")
+                   and f"after {after} (" in r.getMessage() for r in caplog.records)
+
+    def idle_ticks(count: int = 6) -> None:
+        for _ in range(count):
+            clock.now += 1.0
+            daemon.tick()
+            assert daemon.state.phase == "idle"
+
+    run_until_idle(daemon, clock)  # the start-up refresh: a whole-tree write
+    assert given_back("a whole-tree write") == 1
+    assert given_back("refreshes and idle work") == 0
+    idle_ticks()  # spare folders made, then nothing left to do: once
+    assert given_back("refreshes and idle work") == 1
+
+    photo = put(workspace.images, "new1.jpg", encode(smooth(71), "JPEG", quality=90))
+    workspace.snapshot()
+    daemon.debouncer.add({str(photo)})
+    clock.now += daemon.config.debounce
+    daemon.tick()  # a delta write: the pipeline leaves the trim to the idle daemon
+    assert daemon.refreshes == 2 and daemon.state.phase == "idle"
+    assert given_back("a whole-tree write") == 1
+    assert given_back("refreshes and idle work") == 1
+    idle_ticks()
+    assert given_back("refreshes and idle work") == 2
