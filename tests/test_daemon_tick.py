@@ -180,7 +180,7 @@ def test_no_busy_loop_while_waiting_for_the_folder_with_a_retry_due(
 def test_the_idle_daemon_gives_memory_back_once_its_refresh_and_idle_work_are_done(
         workspace: Workspace, stepped: tuple[Daemon, Clock, Path],
         caplog: pytest.LogCaptureFixture) -> None:
-    daemon, clock, out = stepped
+    daemon, clock, _out = stepped
     caplog.set_level(logging.DEBUG, logger="imgclusterd.memory")
 
     def given_back(after: str) -> int:
