@@ -162,6 +162,7 @@ class HashPool:
             finally:
                 if self._context.get_start_method() == "forkserver":
                     _stop_forkserver()
+                _stop_resource_tracker()
             return
         self._close(executor, cancel)
 
@@ -240,6 +241,20 @@ def _stop_forkserver() -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     stop = getattr(server, "_stop", None)
+    if callable(stop):
+        with contextlib.suppress(OSError, ChildProcessError):
+            stop()
+
+
+def _stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker process (~13 MB resident, started with the fork
+    server and left behind by it); the next pool starts it again. Only once the workers and
+    the server are gone: it would clean up their semaphores. ``_stop`` is private, as above:
+    without it the tracker simply stays."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)
     if callable(stop):
         with contextlib.suppress(OSError, ChildProcessError):
             stop()

@@ -187,19 +187,23 @@ def test_close_with_stop_server_ends_workers_and_fork_server_and_a_new_pool_work
     """An idle daemon stops its hashing processes (Pipeline.release_idle_pool): the workers
     and the fork server (numpy, Pillow, scipy preloaded) are gone, and hashing later starts
     them again."""
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
     paths = _small_files(tmp_path, 4)
     pool = HashPool(PLAN, workers=2)
     assert len(list(pool.map(paths))) == 4
     workers = pool.worker_pids()
     server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
     assert workers
     pool.close(stop_server=True)
     for pid in workers:
         _wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"))
     if pool._context.get_start_method() == "forkserver":
         assert server is not None and not os.path.exists(f"/proc/{server}")
+        # the resource tracker the server started is gone too (it was ~13 MB idle)
+        assert tracker is not None
+        _wait_for(lambda: not os.path.exists(f"/proc/{tracker}"))
     again = HashPool(PLAN, workers=1)
     try:
         assert {r.path for r in again.map(paths)} == set(paths)
