@@ -159,6 +159,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
                     planned=out.planned, sync=out.sync_seconds, gc=out.gc_seconds,
                     written=out.objects_written, recycled=out.objects_recycled,
                     links=out.links_written, removed=out.links_removed,
+                    renamed=out.links_renamed, copied=out.links_copied,
                 )
             result["drops"].append(drop)
             print(f"n={n} drop {k + 1}: " + _row(drop), flush=True)
@@ -185,7 +186,8 @@ def _row(drop: dict[str, Any]) -> str:
             f"| write: {drop['planned']}, delta {drop.get('write_delta_wall', 0):.2f}s "
             f"(cpu {drop.get('write_delta_cpu', 0):.2f}), sync {drop['sync']:.2f}, "
             f"gc {drop['gc']:.2f}, {drop['written']} objects ({drop['recycled']} recycled), "
-            f"{drop['links']} links +, {drop['removed']} -"
+            f"{drop['links']} links +, {drop['removed']} -, {drop['renamed']} renamed, "
+            f"{drop['copied']} copied"
         )
     parts.append(
         f"| idle before: spares {drop['spares_s']:.1f}s, {drop['spare_links']} links, "

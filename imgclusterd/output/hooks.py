@@ -14,6 +14,7 @@ import logging
 __all__ = [
     "ALGORITHM_WRITTEN",
     "GENERATION_BUILT",
+    "IDLE_FLUSHED",
     "OBJECT_STAGED",
     "POINTS",
     "SWAP_LINK_MADE",
@@ -34,7 +35,10 @@ GENERATION_BUILT = "generation-built"
 #: The temporary symlink to the new generation exists; ``os.replace`` over ``OUTPUT`` not done.
 SWAP_LINK_MADE = "swap-link-made"
 
-POINTS = (OBJECT_STAGED, ALGORITHM_WRITTEN, GENERATION_BUILT, SWAP_LINK_MADE)
+#: Idle work (spares, the purge of unused pool entries) is done and flushed to disk.
+IDLE_FLUSHED = "idle-flushed"
+
+POINTS = (OBJECT_STAGED, ALGORITHM_WRITTEN, GENERATION_BUILT, SWAP_LINK_MADE, IDLE_FLUSHED)
 
 
 class WriteHooks:

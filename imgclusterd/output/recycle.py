@@ -242,16 +242,25 @@ class Pool:
         return alive
 
     def prepare_spares(
-        self, should_stop: Callable[[], bool], progress: Callable[[], None] | None = None
+        self,
+        should_stop: Callable[[], bool],
+        progress: Callable[[], None] | None = None,
+        only: frozenset[str] | None = None,
     ) -> int:
         """Copy into ``pool/`` the folders the last write changed; return links written.
 
         Stops, keeping the rest for later, as soon as ``should_stop()`` says work is waiting.
+        Biggest first: if the next event interrupts us, the costliest rewrites are covered.
+        ``only``: just the folders of these kinds of slot ("t", "u", "c"); the rest stay
+        wanted.
         """
         wanted, self.spare_wanted = self.spare_wanted, []
+        if only is not None:
+            self.spare_wanted = [item for item in wanted if item[1][1][0] not in only]
+            wanted = [item for item in wanted if item[1][1][0] in only]
         if not wanted or not self.area.is_ours():
+            self.spare_wanted += wanted
             return 0
-        # Biggest first: if the next event interrupts us, the costliest rewrites are covered.
         wanted.sort(key=lambda item: -item[2])
         links = 0
         try:
@@ -259,7 +268,7 @@ class Pool:
                 present = set(os.listdir(self.area.pool))
                 for number, (digest, role, _) in enumerate(wanted):
                     if should_stop():
-                        self.spare_wanted = wanted[number:]
+                        self.spare_wanted += wanted[number:]
                         break
                     name = pool_entry_name(digest, role)
                     entries = self.contents.get(digest)

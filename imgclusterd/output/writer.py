@@ -27,7 +27,13 @@ from .delta import (
     position_changes,
     positions,
 )
-from .hooks import ALGORITHM_WRITTEN, OBJECT_STAGED, WriteHooks, default_hooks
+from .hooks import (
+    ALGORITHM_WRITTEN,
+    IDLE_FLUSHED,
+    OBJECT_STAGED,
+    WriteHooks,
+    default_hooks,
+)
 from .plan import (
     LeafMemo,
     OutputTree,
@@ -38,7 +44,7 @@ from .plan import (
     split_extra_files,
     tree_algorithms,
 )
-from .recycle import RECYCLE_MIN, Pool, copy_object
+from .recycle import POOL_RE, RECYCLE_MIN, Pool, copy_object
 from .retention import Record, collect, write_record
 
 __all__ = ["OutputWriter", "WriteReport"]
@@ -53,6 +59,8 @@ _LINEAGE_DEPTH = 32
 #: Slots (see Role) whose folder nearly every refresh changes: each threshold's folder and its
 #: unclustered folder (a new photo lands in one or joins a cluster, which renames an entry).
 _CHANGE_EVERY_TIME = frozenset({"u", "t"})
+#: Slots whose entries a +1 renames (the clusters renumbered): threshold folders.
+_RENUMBERED = frozenset({"t"})
 #: One patch: names removed from its base, links added, entries renamed (new -> old name).
 _Step = tuple[tuple[str, ...], Mapping[str, str], Mapping[str, str]]
 
@@ -74,6 +82,8 @@ class WriteReport:
     swapped: bool = True  # False when the tree equalled the current generation
     objects_repaired: int = 0  # of objects_reused: found damaged and repaired in place
     planned: str = "tree"  # "delta": only the changed folders were planned (write_delta)
+    links_renamed: int = 0  # entries renamed while patching (renumbered clusters)
+    links_copied: int = 0  # hard links made copying a patch's base (no spare, no ancestor)
 
 
 @dataclass
@@ -85,6 +95,8 @@ class _Counts:
     removed: int = 0
     deleted: int = 0
     repaired: int = 0
+    renamed: int = 0
+    copied: int = 0
 
 
 class OutputWriter:
@@ -395,7 +407,7 @@ class OutputWriter:
                 gc_started = time.perf_counter()
                 unused = pool_before & set(os.listdir(area.pool))
                 if not purge_now:
-                    self._purge_later |= unused
+                    self._purge_later |= unused - self._ancestors_kept(unused)
                     unused = set()
                 try:
                     counts.deleted += self._collect(purge=unused, from_records=not purge_now)
@@ -420,6 +432,8 @@ class OutputWriter:
             gc_seconds=gc_seconds,
             swapped=swapped,
             objects_repaired=counts.repaired,
+            links_renamed=counts.renamed,
+            links_copied=counts.copied,
         )
         log.info(
             "output generation %s: %d objects written (%d recycled), %d reused, %d links, "
@@ -440,36 +454,52 @@ class OutputWriter:
         only exist once old generations pass their grace period. A spare made in idle time
         is such a copy ahead of time, so the next refresh patches instead of rewriting.
         Stops, keeping the rest for later, as soon as ``should_stop()`` says work is waiting.
-        First deletes the pool entries the last delta writes did not use. After a delta write,
-        spares of its patched folders are made only within the grace period of the generation
-        it replaced: a write after that patches the retired folders of that generation instead
-        (20,000 photos: ~2 million links copied per photo, and deleted unused, otherwise).
+        After a delta write, spares of its patched folders are made only within the grace
+        period of the generation it replaced: a write after that patches the retired folders
+        of that generation instead (20,000 photos: ~2 million links copied per photo, and
+        deleted unused, otherwise). In this order: spares of threshold folders (within that
+        grace only: see below), the deletion of the pool entries the last delta writes did not
+        use, the other spares; then, unless stopped, a flush of what all this dirtied.
         """
-        if self._purge_later:
-            purge, self._purge_later = self._purge_later, set()
+        links = 0
+        if self._ancestors_from is not None and self.clock() < self._ancestors_from:
+            # Threshold folders first: a refresh after the grace patches every folder from
+            # its retired ancestor, two patches back, which costs an unclustered or cluster
+            # folder its few links twice, but a threshold folder each renumbered entry twice
+            # (20,000 photos: ~38,000 renames instead of ~21,000 from a spare). The bigger
+            # unclustered folders, copied first, took the grace at 20,000 photos; and the
+            # purge, first, took the whole idle gap.
+            links += self._spares(should_stop, progress, only=_RENUMBERED)
+        purged = self._purge_unused(should_stop, progress)
+        links += self._spares(should_stop, progress)
+        if (links or purged) and not should_stop():
+            # What idle time dirtied (a purge: an unlink per entry) is flushed now, not by the
+            # next refresh's syncfs before its swap (~0.5 s of a +1 at 5,000 photos).
             try:
-                with self._area.locked():
-                    for entry in sorted(purge):
-                        if should_stop():
-                            self._purge_later = purge
-                            return 0
-                        purge.discard(entry)
-                        self._pool.purge({entry})
-                        if progress is not None:
-                            progress()
-            except OutputError:
-                self._purge_later |= purge
-                return 0
+                self._area.sync()
             except OSError as exc:
-                log.warning("could not delete unused spare output folders: %s", exc)
+                log.warning("could not flush %s: %s", self.area, exc)
+            self.hooks.at(IDLE_FLUSHED)
+        return links
+
+    def _spares(
+        self,
+        should_stop: Callable[[], bool],
+        progress: Callable[[], None] | None,
+        only: frozenset[str] | None = None,
+    ) -> int:
+        """The spares of :meth:`prepare_spares`: those of patched folders within the grace
+        (``only`` those of these kinds of slot)."""
         until = self._ancestors_from
         if until is None:
-            return self._pool.prepare_spares(should_stop, progress)
+            return self._pool.prepare_spares(should_stop, progress, only)
         links = 0
         if self.clock() < until:
             links = self._pool.prepare_spares(
-                lambda: should_stop() or self.clock() >= until, progress
+                lambda: should_stop() or self.clock() >= until, progress, only
             )
+        if only is not None:
+            return links
         if self.clock() >= until:  # (what is left of them: fresh folders have no ancestor)
             self._pool.spare_wanted = [
                 wanted for wanted in self._pool.spare_wanted if wanted[0] not in self._lineage
@@ -478,6 +508,31 @@ class OutputWriter:
             if self._pool.spare_wanted and not should_stop():
                 links += self._pool.prepare_spares(should_stop, progress)
         return links
+
+    def _purge_unused(
+        self, should_stop: Callable[[], bool], progress: Callable[[], None] | None
+    ) -> int:
+        """Delete the pool entries the last delta writes did not use; return how many.
+        Stops (the rest kept for later) when ``should_stop()``: one unlink per entry."""
+        if not self._purge_later:
+            return 0
+        purge, self._purge_later = self._purge_later, set()
+        purged = 0
+        try:
+            with self._area.locked():
+                for entry in sorted(purge):
+                    if should_stop():
+                        break
+                    purge.discard(entry)
+                    purged += self._pool.purge({entry})
+                    if progress is not None:
+                        progress()
+        except OutputError:
+            pass
+        except OSError as exc:
+            log.warning("could not delete unused spare output folders: %s", exc)
+        self._purge_later |= purge
+        return purged
 
     def cleanup(self) -> None:
         """Remove interrupted leftovers and generations beyond keep/grace; safe at start-up."""
@@ -548,6 +603,33 @@ class OutputWriter:
             self._walk_next = True
             return 0
 
+    def _ancestors_kept(self, entries: set[str]) -> set[str]:
+        """Of these unused pool entries, the nearest retired ancestors of live folders: kept
+        for the next write that changes such a folder (not purged).
+
+        An unclustered or threshold folder that one write changes and the next does not
+        (the photo clustered there, say) has its retired ancestor unused by that next write;
+        purged, the write after that found neither a spare nor an ancestor and copied the
+        folder link by link (20,000 photos: up to ~50,000 links per +1, and the purge itself
+        an unlink per entry in idle time). An ancestor is kept while the folder patched from
+        it is still in ``objects/`` and its patch is remembered (``_lineage``), so ``pool/``
+        holds at most one such entry per live patched folder.
+        """
+        bases: dict[str, list[str]] = {}
+        for digest, (_, base, _) in self._lineage.items():
+            bases.setdefault(base, []).append(digest)
+        kept: set[str] = set()
+        for entry in entries:
+            match = POOL_RE.match(entry)
+            if match is None or match[2] not in _CHANGE_EVERY_TIME:
+                continue
+            if any(
+                os.path.isdir(os.path.join(self._area.objects, child))
+                for child in bases.get(match[1], ())
+            ):
+                kept.add(entry)
+        return kept
+
     def _same(self, current: str | None, plan: Plan) -> bool:
         """The same tree again: nothing to swap, unless the current generation was damaged.
         Its objects are checked (and repaired in place) either way."""
@@ -615,7 +697,7 @@ class OutputWriter:
             if obj.base is not None:
                 if obj.size >= pool.recycle_min and obj.role is not None:
                     pool.spare_wanted.append((digest, obj.role, obj.size))
-                added, removed = self._patch(digest, obj, spares, index.used)
+                added, removed = self._patch(digest, obj, spares, index.used, counts)
                 self._lineage[digest] = (
                     self._writes, obj.base, (obj.removed, obj.links, obj.moved)
                 )
@@ -644,7 +726,12 @@ class OutputWriter:
             counts.links += len(obj.links)
 
     def _patch(
-        self, digest: str, obj: PlannedObject, spares: dict[str, str], used: set[str]
+        self,
+        digest: str,
+        obj: PlannedObject,
+        spares: dict[str, str],
+        used: set[str],
+        counts: _Counts,
     ) -> tuple[int, int]:
         """Build patch object ``digest``; (entries added, entries removed).
 
@@ -680,14 +767,19 @@ class OutputWriter:
             try:
                 # (as one step: an entry renumbered at each step is renamed once)
                 return self._apply_steps(
-                    staging, [compose_steps(list(reversed(steps)))], place, digest
+                    staging, [compose_steps(list(reversed(steps)))], place, digest, counts
                 )
             except (FileNotFoundError, FileExistsError) as exc:  # not what we recorded
                 log.warning("recycled output folder %s did not match (%s); copying", entry, exc)
                 remove_tree(staging)
         # no spare, no ancestor: a copy that leaves out what goes (one link() per entry)
-        copy_object(area.objects / obj.base, staging, skip=set(obj.removed))
-        added, _ = self._apply_steps(staging, [((), obj.links, obj.moved)], place, digest)
+        copied = copy_object(area.objects / obj.base, staging, skip=set(obj.removed))
+        counts.copied += copied
+        log.debug("output folder %s %s copied from its base (%d entries): no spare, no "
+                  "retired ancestor", digest, obj.role, copied)
+        added, _ = self._apply_steps(
+            staging, [((), obj.links, obj.moved)], place, digest, counts
+        )
         return added, 0
 
     def _apply_steps(
@@ -696,6 +788,7 @@ class OutputWriter:
         steps: Iterable[_Step],
         place: Callable[[int, str, str], None],
         digest: str,
+        counts: _Counts,
     ) -> tuple[int, int]:
         added = removed = 0
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
@@ -705,6 +798,7 @@ class OutputWriter:
                     os.unlink(name, dir_fd=fd)
                 # Renamed entries (a threshold folder's clusters renumbered) keep their inode.
                 rename_at(fd, moved)
+                counts.renamed += len(moved)
                 for name, target in new.items():
                     place(fd, name, target)
                 added += len(new)
