@@ -1325,16 +1325,21 @@ def _with_clustered(tree: OutputTree, photo: Link) -> OutputTree:
     }  # fmt: skip
 
 
-def test_an_unclustered_folder_left_alone_for_two_writes_is_patched_not_copied(
-    tmp_path: Path,
+@pytest.mark.parametrize("changes", [
+    (_with_unclustered, _with_clustered, _with_clustered, _with_unclustered),
+    (_with_clustered, _with_unclustered, _with_unclustered, _with_clustered),
+], ids=["unclustered", "cluster"])
+def test_a_folder_left_alone_for_two_writes_is_patched_not_copied(
+    tmp_path: Path, changes: tuple[Callable[[OutputTree, Link], OutputTree], ...],
 ) -> None:
-    """A retired unclustered folder that two delta writes in a row did not use (their photos
-    joined clusters) stays in ``pool/`` through the idle purge while the folder it is the
-    ancestor of is live: the next photo left unclustered patches it forward instead of
-    copying the current folder link by link (20,000 photos: up to ~50,000 links per +1)."""
+    """A retired unclustered (or cluster) folder that two delta writes in a row did not use
+    (their photos joined clusters, or stayed unclustered) stays in ``pool/`` through the
+    idle purge while the folder it is the ancestor of is live: the next photo left
+    unclustered (or joining that cluster) patches it forward instead of copying the current
+    folder link by link (20,000 photos: up to ~50,000 links per +1)."""
     links, output, clock, writer, tree, _, _ = _thirty_of_forty(tmp_path)
     photos = iter(links[30:])
-    for change in (_with_unclustered, _with_clustered, _with_clustered, _with_unclustered):
+    for change in changes:
         clock.now += 20  # past the grace: no spares of patched folders in the idle time
         writer.prepare_spares(lambda: False)
         new = change(tree, next(photos))

@@ -607,13 +607,14 @@ class OutputWriter:
         """Of these unused pool entries, the nearest retired ancestors of live folders: kept
         for the next write that changes such a folder (not purged).
 
-        An unclustered or threshold folder that one write changes and the next does not
-        (the photo clustered there, say) has its retired ancestor unused by that next write;
-        purged, the write after that found neither a spare nor an ancestor and copied the
-        folder link by link (20,000 photos: up to ~50,000 links per +1, and the purge itself
-        an unlink per entry in idle time). An ancestor is kept while the folder patched from
-        it is still in ``objects/`` and its patch is remembered (``_lineage``), so ``pool/``
-        holds at most one such entry per live patched folder.
+        A folder that one write changes and the next does not (an unclustered folder where
+        the next photo joined a cluster, the biggest cluster of a loose threshold) has its
+        retired ancestor unused by that next write; purged, the write after that found
+        neither a spare nor an ancestor and copied the folder link by link (20,000 photos: up
+        to ~50,000 links per +1, and the purge itself an unlink per entry in idle time). An
+        ancestor is kept while the folder patched from it is still in ``objects/`` and its
+        patch is remembered (``_lineage``, a few dozen writes), so ``pool/`` holds at most
+        one such entry per live patched folder.
         """
         bases: dict[str, list[str]] = {}
         for digest, (_, base, _) in self._lineage.items():
@@ -621,7 +622,7 @@ class OutputWriter:
         kept: set[str] = set()
         for entry in entries:
             match = POOL_RE.match(entry)
-            if match is None or match[2] not in _CHANGE_EVERY_TIME:
+            if match is None:
                 continue
             if any(
                 os.path.isdir(os.path.join(self._area.objects, child))
