@@ -14,9 +14,9 @@ is written there, so the library is left as it is. Measured, in MB:
   idle         RSS once the refresh returned (the pipeline trims the heap after a write)
   kept         what each structure kept between refreshes is worth: the RSS given back when
                it is dropped (gc + malloc_trim), one after the other, in this order: the
-               writer's model of the tree, the per-algorithm states, the forests, the catalog
-               and explorer caches; what remains is the interpreter, modules and the heap's
-               fragments
+               writer's lineage (the patches of its last writes), its model of the tree, the
+               per-algorithm states, the forests, the catalog and explorer caches; what
+               remains is the interpreter, modules and the heap's fragments
   workers      with ``--workers``: the hashing pool started (one photo hashed), then the RSS of
                the fork server and the workers (they count in the daemon's memory), and the
                RSS of this process and its children once the idle daemon's release of them
@@ -33,7 +33,7 @@ the writer prepares spare folders, as the daemon does, followed by the daemon's 
 trim; each change is one ``refresh(dirty=[...])``. Per change: the RSS right after the
 refresh and after the idle time that follows it; then ``idle_after_changes``: the RSS once the
 hashing processes are released (the daemon after 120 s), the main process only. The photos are
-real JPEGs written into ``<library>/images/bench_memory_drops`` and removed at the end.
+real JPEGs written into ``<library>/images/bench_memory_drops-<pid>``, removed at the end.
 This is a measurement, not a test: nothing is asserted.
 """
 
@@ -62,7 +62,9 @@ try:  # what the daemon does once its idle work is done (session 6)
 except ImportError:  # before: nothing
     give_back = None  # type: ignore[assignment]
 
-_DROPS = "bench_memory_drops"  # made by this benchmark in the library's images, then removed
+# Made by this benchmark in the library's images, then removed (one per run: two runs on one
+# library must not share it).
+_DROPS = f"bench_memory_drops-{os.getpid()}"
 
 
 def _status(field: str) -> float:
@@ -247,6 +249,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         before = _trim()
         writer = pipeline.writer
         assert writer is not None
+        writer._lineage = {}
+        after = _trim()
+        kept["writer lineage (patches of the last writes)"], before = before - after, after
         writer._model = None
         writer._refs.clear()
         writer._algo_digests = {}

@@ -479,3 +479,46 @@ def test_one_photo_at_a_time_matches_scratch(
         order = np.lexsort((forest.v, forest.u, forest.w))
         assert np.array_equal(order, np.arange(len(order)))
         assert partitions_of(forest, limit) == partitions_of(scratch, limit)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_file_id_keys_behave_as_any_other_keys(seed: int) -> None:
+    """File ids (non-negative ints) are kept in numpy arrays, other keys in a list and a dict:
+    one script of updates gives the same keys, positions, hashes, forests and sweeps either
+    way (the same ids, spelled as strings, ranked by their number)."""
+    rng = random.Random(seed)
+    ids: ClusterIndex[int] = ClusterIndex(limit=6, nbytes=2)
+    named: ClusterIndex[str] = ClusterIndex(limit=6, nbytes=2)
+    base = [rng.getrandbits(16) for _ in range(8)]  # near-duplicates of these: clusters
+
+    def a_hash() -> bytes:
+        value = rng.choice(base) ^ (1 << rng.randrange(16)) ^ (1 << rng.randrange(16))
+        return value.to_bytes(2, "big") if rng.random() < 0.7 else rng.randbytes(2)
+
+    for step in range(30):
+        adds = {rng.randrange(3000 if step % 7 else 10**12): a_hash()
+                for _ in range(rng.choice([0, 1, 3, 40]))}
+        removes = [*rng.sample(ids.keys(), min(len(ids), rng.choice([0, 1, 5]))), 123456789]
+        ids.update(adds, removes)
+        named.update({str(k): v for k, v in adds.items()}, [str(k) for k in removes])
+        keys = ids.keys()
+        assert type(ids.positions) is not dict  # the numpy form is the one exercised here
+        assert all(type(k) is int for k in keys)
+        assert [str(k) for k in keys] == named.keys() and len(ids) == len(named)
+        assert ids.key_array().tolist() == keys and ids.key_array().dtype == np.int64
+        assert dict(ids.positions) == {int(k): i for k, i in named.positions.items()}
+        assert all(ids.hash_of(k) == named.hash_of(str(k)) and k in ids for k in keys)
+        assert ids.forest.n == named.forest.n and all(
+            np.array_equal(getattr(ids.forest, f), getattr(named.forest, f)) for f in "uvw")
+        got = ids.sweep([0, 2, 4, 6])
+        want = named.sweep([0, 2, 4, 6], rank_of=int)
+        for p, q in zip(got, want, strict=True):
+            assert p.clusters == [[int(k) for k in c] for c in q.clusters]
+            assert p.unclustered == [int(k) for k in q.unclustered]
+    for absent in (-1, 10**30, "7", 2.5, None):
+        assert absent not in ids and ids.positions.get(absent) is None
+    with pytest.raises(KeyError):
+        ids.positions[-1]
+    ids.update({"text": b"\x00\x01"})  # a key that is not a file id: still one index
+    assert ids.keys()[-1] == "text" and ids.positions["text"] == len(ids) - 1
+    assert ids.keys()[:-1] == keys and all(ids.positions[k] == i for i, k in enumerate(keys))
