@@ -98,6 +98,24 @@ def _pymalloc() -> dict[str, float]:
     return {k: round(v, 1) for k, v in found.items()}
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _live() -> float:
+    """Live bytes in MB: Python's small objects plus what malloc has handed out and not got
+    back (glibc >= 2.33 ``mallinfo2``: in use in its arenas, and its mmapped blocks)."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return _pymalloc().get("live", 0.0)
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return _pymalloc().get("live", 0.0) + (info.uordblks + info.hblkhd) / 2**20
+
+
 def _where() -> dict[str, float]:
     """Where the resident memory is (MB): the brk heap, Python's small-object arenas, other
     anonymous mappings (numpy arrays, thread arenas, stacks), files (code, the store's mmap)."""
@@ -116,6 +134,7 @@ def _where() -> dict[str, float]:
     pymalloc = _pymalloc()
     out["pymalloc_arenas"] = pymalloc.get("arenas", 0.0)
     out["pymalloc_live"] = pymalloc.get("live", 0.0)
+    out["live"] = round(_live(), 1)
     return out
 
 
@@ -245,35 +264,45 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             pipeline.release_idle_pool(0.0)  # what the idle daemon does after 120 s
             result["idle_after_changes"] = round(_status("VmRSS"), 1)
             result["where_after_changes"] = _where()
+        # Per structure dropped: the RSS given back, and the live bytes freed (Python's
+        # small objects + malloc's in-use bytes): RSS undercounts what a fragmented heap frees.
         kept: dict[str, float] = {}
-        before = _trim()
+        freed: dict[str, float] = {}
         writer = pipeline.writer
         assert writer is not None
-        writer._lineage = {}
-        after = _trim()
-        kept["writer lineage (patches of the last writes)"], before = before - after, after
-        writer._model = None
-        writer._refs.clear()
-        writer._algo_digests = {}
-        after = _trim()
-        kept["writer model + refs"], before = before - after, after
-        pipeline._states = {}
-        after = _trim()
-        kept["algorithm states"], before = before - after, after
-        pipeline._indexes = {}
-        after = _trim()
-        kept["forests (ClusterIndex)"], before = before - after, after
-        pipeline.catalog.paths = {}
-        pipeline.catalog._sorted_paths = []
-        pipeline.catalog._sorted_ids = []
-        pipeline.catalog._rank_by_id = None
-        pipeline._explorer_photos = {}
-        pipeline._page_memo = type(pipeline._page_memo)()
-        after = _trim()
-        kept["catalog + explorer caches"], before = before - after, after
-        kept["remains"] = after
+
+        def catalog_and_explorer() -> None:
+            pipeline.catalog.paths = {}
+            pipeline.catalog._sorted_paths = []
+            pipeline.catalog._sorted_ids = []
+            pipeline.catalog._rank_by_id = None
+            pipeline._explorer_photos = {}
+            pipeline._page_memo = type(pipeline._page_memo)()
+
+        def model_and_refs() -> None:
+            writer._model = None
+            writer._refs.clear()
+            writer._algo_digests = {}
+
+        drops: list[tuple[str, Any]] = [
+            ("writer lineage (patches of the last writes)",
+             lambda: setattr(writer, "_lineage", {})),
+            ("writer model + refs", model_and_refs),
+            ("algorithm states", lambda: setattr(pipeline, "_states", {})),
+            ("forests (ClusterIndex)", lambda: setattr(pipeline, "_indexes", {})),
+            ("catalog + explorer caches", catalog_and_explorer),
+        ]
+        before, live = _trim(), _live()
+        for name, drop in drops:
+            drop()
+            after, now = _trim(), _live()
+            kept[name], freed[name] = round(before - after, 1), round(live - now, 1)
+            before, live = after, now
+        kept["remains"] = round(before, 1)
+        freed["remains"] = round(live, 1)
+        result["kept"] = kept
+        result["kept_live"] = freed
         result["where_remains"] = _where()
-        result["kept"] = {k: round(v, 1) for k, v in kept.items()}
     for key in ("start", "peak", "idle", "idle_trimmed", "again_peak", "again_idle"):
         if key in result:
             result[key] = round(result[key], 1)

@@ -64,9 +64,11 @@ def give_back(why: str) -> int:
     started = time.perf_counter()
     before = resident_bytes()
     gc.collect()
+    collected = time.perf_counter()
     _trim(0)
-    given = max(0, before - resident_bytes())
-    log.debug("memory: gave back %.1f MB after %s (%.0f ms; %.1f MB resident now)",
-              given / 2**20, why, (time.perf_counter() - started) * 1000,
-              resident_bytes() / 2**20)
+    after = resident_bytes()
+    given = max(0, before - after)
+    log.debug("memory: gave back %.1f MB after %s (gc %.0f ms, trim %.0f ms; %.1f MB resident "
+              "now)", given / 2**20, why, (collected - started) * 1000,
+              (time.perf_counter() - collected) * 1000, after / 2**20)
     return given
