@@ -40,7 +40,7 @@ from imgclusterd.output.hooks import (
     SWAP_LINK_MADE,
 )
 from imgclusterd.output.plan import leaf_digest, plan_tree, plans_alive
-from imgclusterd.output.writer import compose_steps
+from imgclusterd.output.writer import compose_steps, pack_step, unpack_step
 
 
 class Clock:
@@ -1444,6 +1444,29 @@ def _apply_step(folder: dict[str, str], step: tuple) -> None:  # type: ignore[ty
     for name, target in new.items():
         assert name not in folder
         folder[name] = target
+
+
+def test_a_packed_lineage_step_is_the_step_again() -> None:
+    """The writer keeps its patches' steps packed in one bytes object each (memory): unpacked,
+    each is the same names, links and renames in the same order, whatever the names hold
+    (non-UTF-8 bytes as surrogates, empty parts, separators of other formats)."""
+    rng = random.Random(11)
+    alphabet = ["a", "0", "_", ",", " ", "é", "写", "\udcff", "\udc80", "../", "\n"]
+
+    def name() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 9)))
+
+    for _ in range(300):
+        step = (
+            tuple(name() for _ in range(rng.randrange(0, 4))),
+            {name(): "../" + name() for _ in range(rng.randrange(0, 4))},
+            {name(): name() for _ in range(rng.randrange(0, 4))},
+        )
+        packed = pack_step(step)
+        assert isinstance(packed, bytes)
+        again = unpack_step(packed)
+        assert again == step
+        assert [list(part) for part in again] == [list(part) for part in step]  # order too
 
 
 def test_composed_steps_do_what_the_steps_do_one_after_the_other() -> None:
