@@ -459,12 +459,17 @@ class Daemon:
         def should_stop() -> bool:
             return self.stop.is_set() or self.debouncer.pending()
 
+        pipeline, writer = self.pipeline, self.pipeline.writer
+
         def progress() -> None:
             self._ping()
             self._heartbeat()
+            # Spares after a big refresh can take many minutes (100,000 photos): the idle
+            # hashing workers (~150 MB) need not wait for them to end before they stop.
+            pipeline.release_idle_pool(POOL_IDLE_SECONDS)
 
         try:
-            return self.pipeline.writer.prepare_spares(should_stop, progress) > 0
+            return writer.prepare_spares(should_stop, progress) > 0
         except Exception as exc:  # an optimisation: never a reason to stop the daemon
             log.warning("could not prepare spare output folders: %s", exc)
             return False

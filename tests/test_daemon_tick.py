@@ -5,6 +5,7 @@ ours). The watcher polls once an hour here, so every event is one the test hands
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 
 from imgclusterd import status as status_module
 from imgclusterd.config import load_config
-from imgclusterd.daemon import RETRY_AFTER, RETRY_MAX, Daemon
+from imgclusterd.daemon import POOL_IDLE_SECONDS, RETRY_AFTER, RETRY_MAX, Daemon
+from imgclusterd.output import WriteHooks
+from imgclusterd.output.hooks import IDLE_FLUSHED
 
 from .conftest import Workspace
 from .test_bad_input import encode, put, smooth, write_config
@@ -209,3 +212,28 @@ def test_the_idle_daemon_gives_memory_back_once_its_refresh_and_idle_work_are_do
     assert given_back("refreshes and idle work") == 1
     idle_ticks()
     assert given_back("refreshes and idle work") == 2
+
+
+def test_idle_hashing_workers_stop_while_spare_folders_are_still_being_made(
+        stepped: tuple[Daemon, Clock, Path]) -> None:
+    """Spares after a big refresh can take many minutes: the hashing workers, unused for
+    longer than POOL_IDLE_SECONDS, stop during them, not after them."""
+    daemon, clock, _out = stepped
+    run_until_idle(daemon, clock)  # the start-up refresh hashed the photos: workers are up
+    assert daemon.pipeline is not None and daemon.pipeline.writer is not None
+    pool = daemon.pipeline.pool
+    workers = pool.worker_pids()
+    assert workers
+    pool.used_at -= POOL_IDLE_SECONDS + 1  # as if the hashing ended long ago
+    alive_when_flushed: list[list[int]] = []
+
+    class Spy(WriteHooks):
+        def at(self, point: str) -> None:
+            if point == IDLE_FLUSHED:  # the end of the idle spares (see prepare_spares)
+                alive_when_flushed.append(
+                    [pid for pid in workers if os.path.exists(f"/proc/{pid}")])
+
+    daemon.pipeline.writer.hooks = Spy()
+    clock.now += 1.0
+    daemon.tick()  # one idle tick: the spares after the whole-tree write
+    assert alive_when_flushed == [[]]
