@@ -234,30 +234,29 @@ def _release_forkserver() -> None:
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
-def _stop_forkserver() -> None:
-    """Stop this process's fork server, if it runs (multiprocessing has no public call for
-    it: ``_stop`` is what its own tests use; without it the server simply stays)."""
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    stop = getattr(server, "_stop", None)
+def _stop_process(helper: object) -> None:
+    """Stop one of multiprocessing's helper processes through its private ``_stop`` (there is
+    no public call; it is what multiprocessing's own tests use). Without it, it simply stays."""
+    stop = getattr(helper, "_stop", None)
     if callable(stop):
         with contextlib.suppress(OSError, ChildProcessError):
             stop()
+
+
+def _stop_forkserver() -> None:
+    """Stop this process's fork server, if it runs."""
+    from multiprocessing import forkserver
+
+    _stop_process(getattr(forkserver, "_forkserver", None))
 
 
 def _stop_resource_tracker() -> None:
     """Stop multiprocessing's resource tracker process (~13 MB resident, started with the fork
     server and left behind by it); the next pool starts it again. Only once the workers and
-    the server are gone: it would clean up their semaphores. ``_stop`` is private, as above:
-    without it the tracker simply stays."""
+    the server are gone: it would clean up their semaphores."""
     from multiprocessing import resource_tracker
 
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    stop = getattr(tracker, "_stop", None)
-    if callable(stop):
-        with contextlib.suppress(OSError, ChildProcessError):
-            stop()
+    _stop_process(getattr(resource_tracker, "_resource_tracker", None))
 
 
 def _die_with_parent() -> None:
