@@ -14,8 +14,14 @@ in a minute or two and profiled without the write's noise. For each ``--n``:
   drops     ``--drops`` times: one photo's hashes put in the store (``--kind``: ``unlike``,
             random hashes, a photo like no other; ``near``, a photo of the library with two
             bits flipped per algorithm, which joins a cluster at most thresholds; ``mix``
-            alternates them, starting with ``unlike``), then ``_cluster`` with the previous
+            alternates them, starting with ``unlike``; ``picture``, a real picture made and
+            hashed as ``bench_library`` drops them), then ``_cluster`` with the previous
             states, timed (wall and CPU of this process).
+  -1        then the first drop removed (as ``bench_library``'s delete), timed the same way.
+
+``--library`` takes a library of ``bench_library`` (its ``n<N>`` folder, real JPEGs whose
+hashes are far from random: the real daemon's case) instead: its store is copied (never
+written), its images only named.
 
 Per N the median of the drops; then the ratio of each N's median to the first one's.
 ``--profile`` prints a cProfile of all drops of each N.
@@ -39,15 +45,20 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_library import single_photos
 from benchmarks.bench_mount import make_library
 from imgclusterd.config import load_config
+from imgclusterd.hashing import hash_file
+from imgclusterd.incremental import AlgorithmState
 from imgclusterd.pipeline import Pipeline, RefreshReport
 
+_DROPS = "bench_clusterdelta_drops"  # the drops' folder (named in the store only)
 
-def _config(root: Path) -> Path:
+
+def _config(root: Path, images: Path | None = None) -> Path:
     config = root / "bench_clusterdelta.toml"
     config.write_text(
-        f'images = "{root / "images"}"\n'
+        f'images = "{images or root / "images"}"\n'
         f'output = "{root / "out"}"\n'
         f'state_dir = "{root / "state"}"\n'
         "thumbnails = false\n"
@@ -58,7 +69,12 @@ def _config(root: Path) -> Path:
 def run_size(args: argparse.Namespace, n: int) -> float:
     root = Path(args.dir) / f"n{n}"
     pristine = root / "pristine"
-    if not pristine.is_dir():
+    images = None
+    if args.library:
+        library = Path(args.library.replace("{n}", str(n)))
+        pristine, images = library / "state", library / "images"
+        root.mkdir(parents=True, exist_ok=True)
+    elif not pristine.is_dir():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         started = time.perf_counter()
@@ -69,12 +85,15 @@ def run_size(args: argparse.Namespace, n: int) -> float:
         shutil.copytree(root / "state", pristine)
         print(f"n={n}: library and forests made in {time.perf_counter() - started:.1f}s",
               flush=True)  # fmt: skip
-    shutil.rmtree(root / "state")
-    shutil.copytree(pristine, root / "state")
+    shutil.rmtree(root / "state", ignore_errors=True)
+    shutil.copytree(pristine, root / "state", ignore=shutil.ignore_patterns("thumbnails", "*.lock"))
+    staging = root / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    pictures = single_photos(staging, args.drops, seed=3 * 10**9 + n)
     rng = np.random.default_rng(11)
     times: list[float] = []
     profile = cProfile.Profile() if args.profile else None
-    with Pipeline(load_config(_config(root)).config) as pipeline:
+    with Pipeline(load_config(_config(root, images)).config) as pipeline:
         started = time.perf_counter()
         _, _, states = pipeline._cluster(RefreshReport(), {})
         print(f"n={n}: forests loaded and whole tree planned in "
@@ -83,7 +102,10 @@ def run_size(args: argparse.Namespace, n: int) -> float:
             kind = args.kind if args.kind != "mix" else ("unlike", "near")[drop % 2]
             like = int(rng.integers(0, n))
             hashes = {}
-            for algorithm in pipeline.algorithms:
+            if kind == "picture":
+                hashed = hash_file(str(pictures[drop]), pipeline.plan)
+                hashes = hashed.hashes
+            for algorithm in pipeline.algorithms if kind != "picture" else ():
                 index = pipeline._indexes[algorithm.name]
                 if kind == "unlike":
                     row = rng.integers(0, 256, index.nbytes, dtype=np.uint8)
@@ -94,28 +116,43 @@ def run_size(args: argparse.Namespace, n: int) -> float:
                 hashes[algorithm.name] = row.tobytes()
             with pipeline.store.transaction():
                 facts = (1, drop, 10**9 + drop, 1)
-                pipeline.store.put_hashed(f"drops/drop{drop:03d}.jpg", facts, None, hashes,
-                                          "exact", time.time())  # fmt: skip
-            wall, cpu = time.perf_counter(), time.process_time()
-            if profile is not None:
-                profile.enable()
-            _, delta, states = pipeline._cluster(RefreshReport(), states)
-            if profile is not None:
-                profile.disable()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            if delta is None:
-                raise SystemExit("the cluster stage planned the whole tree: not a +1")
+                pipeline.store.put_hashed(f"{_DROPS}/drop{drop:03d}.jpg", facts, None, hashes,
+                                          pipeline.plan.decode, time.time())  # fmt: skip
+            states, wall, cpu, patches = _timed_cluster(pipeline, states, profile)
             times.append(wall)
-            patches = sum(len(p) for p in delta.values())
             print(f"n={n} drop {drop + 1} ({kind}): cluster {wall:.3f}s (cpu {cpu:.3f}), "
                   f"{patches} threshold patches", flush=True)  # fmt: skip
+        if args.drops and not args.no_remove:
+            with pipeline.store.transaction():
+                pipeline.store.retire([f"{_DROPS}/drop000.jpg"], time.time())
+            states, wall, cpu, patches = _timed_cluster(pipeline, states, profile)
+            print(f"n={n} -1: cluster {wall:.3f}s (cpu {cpu:.3f}), {patches} threshold patches",
+                  flush=True)  # fmt: skip
     median = statistics.median(times)
     print(f"n={n}: median {median:.3f}s over {len(times)} drops", flush=True)
     if profile is not None:
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(40)
+        stats = pstats.Stats(profile, stream=out)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
         print(out.getvalue())
     return median
+
+
+def _timed_cluster(
+    pipeline: Pipeline, states: dict[str, AlgorithmState], profile: cProfile.Profile | None
+) -> tuple[dict[str, AlgorithmState], float, float, int]:
+    """``_cluster`` from ``states``: (the next states, wall, CPU, threshold patches)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    if profile is not None:
+        profile.enable()
+    _, delta, states = pipeline._cluster(RefreshReport(), states)
+    if profile is not None:
+        profile.disable()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if delta is None:
+        raise SystemExit("the cluster stage planned the whole tree: not a delta")
+    return states, wall, cpu, sum(len(p) for p in delta.values())
 
 
 def main() -> None:
@@ -125,7 +162,10 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/bench_clusterdelta",
                         help="where the libraries are made and kept")  # fmt: skip
     parser.add_argument("--drops", type=int, default=6, help="+1 refreshes per size (6)")
-    parser.add_argument("--kind", choices=["unlike", "near", "mix"], default="mix",
+    parser.add_argument("--library", help="a bench_library library (its n<N> folder; {n} is "
+                        "replaced by each --n): its store is copied, never written")
+    parser.add_argument("--no-remove", action="store_true", help="no -1 after the drops")
+    parser.add_argument("--kind", choices=["unlike", "near", "mix", "picture"], default="mix",
                         help="what the dropped photo is like (default: mix)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile the drops")
     args = parser.parse_args()

@@ -700,7 +700,10 @@ def sweep_delta_from(
     b_touch = np.array(sorted(new.position[k] for k in both), dtype=np.int64)
     survivors = _Survivors(old, new)
     cap = max(WALK_MIN, max(old.n, new.n) // 32)
-    if not len(a_hot):  # photos only added
+    # Photos only added, old vertices kept their numbers: every old component is inside one
+    # new component (see _changes_added).
+    added_only = not len(a_hot) and new.n >= old.n and np.array_equal(new.keys[: old.n], old.keys)
+    if added_only:
         _carry_labels(old, new)
     labellings = (_Labelling(old), _Labelling(new))
 
@@ -729,7 +732,7 @@ def sweep_delta_from(
             continue
         if local is None or t >= local.escape:
             local = _changes_at(t, old, new, survivors, cap, labellings,
-                                a_hot, b_hot, a_touch, b_touch)  # fmt: skip
+                                a_hot, b_hot, a_touch, b_touch, added_only)  # fmt: skip
         result[t] = _numbered(t, local, old, new, before, after, memo)
     new.numbering = after
     for state in (old, new):  # cheap to make again; the adjacency is what is worth keeping
@@ -744,9 +747,7 @@ def _carry_labels(old: SweepState, new: SweepState) -> None:
     vertex -- its other edges are old ones (see :mod:`imgclusterd.cluster`), so the old
     components are new components or parts of one through an added photo. One pass over the
     edges instead of labelling every vertex again."""
-    if old.labelled is None or new.labelled is not None or new.n < old.n:
-        return
-    if not np.array_equal(new.keys[: old.n], old.keys):
+    if old.labelled is None or new.labelled is not None:
         return
     t, labels = old.labelled
     f = new.forest
@@ -771,8 +772,8 @@ class _Local:
     ``escape`` (exclusive), since no edge lighter than that leaves a component found."""
 
     escape: int
-    a_comps: list[np.ndarray]  # changed old components, members in rank order
-    b_comps: list[np.ndarray]  # changed new components
+    a_comps: list[tuple[int, int]]  # changed old components: (first member by rank, size)
+    b_comps: list[tuple[int, int]]  # changed new components
     # (new component, kind, old component it is patched from or None, added keys, removed keys)
     changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]]
     gone: list[tuple[int, str]]  # (old component, kind) of the old clusters among them
@@ -792,12 +793,15 @@ def _changes_at(
     b_hot: np.ndarray,
     a_touch: np.ndarray,
     b_touch: np.ndarray,
+    added_only: bool = False,
 ) -> _Local:
     # Changed components on each side (see the module docstring): one round is closed.
     a = _Found(old, t, cap, labellings[0])
     b = _Found(new, t, cap, labellings[1])
     a.add(a_hot)
     b.add(b_hot)
+    if added_only and b.labels is not None:  # a giant component: no member lists
+        return _changes_added(t, old, new, labellings, b_hot)
     to_b = survivors.to_new(_concat_members(a.comps))
     to_a = survivors.to_old(_concat_members(b.comps))
     b.add(to_b[to_b >= 0])
@@ -869,13 +873,91 @@ def _changes_at(
         gone.append((i, _gone_kind(len(pieces), clustered_pieces, b_parts)))
     return _Local(
         escape=min(a.escape, b.escape),
-        a_comps=a.comps,
-        b_comps=b.comps,
+        a_comps=[(int(c[0]), len(c)) for c in a.comps],
+        b_comps=[(int(c[0]), len(c)) for c in b.comps],
         changes=changes,
         gone=gone,
         unclustered_added=_concat(unclustered_added),
         unclustered_removed=_concat(unclustered_removed),
         singles=b_size.count(1) - a_size.count(1),
+    )
+
+
+def _changes_added(
+    t: int,
+    old: SweepState,
+    new: SweepState,
+    labellings: tuple[_Labelling, _Labelling],
+    b_hot: np.ndarray,
+) -> _Local:
+    """:func:`_changes_at` when photos were only added (old vertex i is new vertex i) and a
+    changed component is too big to walk: from both sides' labels at ``t``, a few O(N) numpy
+    passes and no member list of the giant component.
+
+    Why it holds: with only additions, the edges among old photos are the same graph, so every
+    old component at ``t`` lies whole inside one new component; a new component holding no
+    added photo is an old one. The changed new components are those of the added photos, the
+    changed old ones the old components inside them (each goes to one new component: nothing
+    splits, and nothing is removed from a base)."""
+    la = labellings[0].at(t)
+    lb = labellings[1].at(t)
+    escape = _NEVER
+    for labelling in labellings:
+        w, k = labelling.state.forest.w, labelling.done
+        if k < len(w):
+            escape = min(escape, int(w[k]))
+    n_old = old.n
+    old_rank, new_rank = old.by_rank(), new.by_rank()
+    a_comps: list[tuple[int, int]] = []
+    b_comps: list[tuple[int, int]] = []
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
+    gone: list[tuple[int, str]] = []
+    unclustered_added: list[np.ndarray] = []
+    unclustered_removed: list[np.ndarray] = []
+    for label in np.unique(lb[b_hot]).tolist():
+        inside = lb == label
+        ranked = new_rank[inside[new_rank]]  # members in rank order
+        j = len(b_comps)
+        b_comps.append((int(ranked[0]), len(ranked)))
+        # The old components inside: (size, first member by rank, component), and the one
+        # each vertex of it is in (-1: added).
+        olds = inside[:n_old]
+        old_ranked = old_rank[olds[old_rank]]
+        parts, first_at, sizes = np.unique(la[old_ranked], return_index=True,
+                                           return_counts=True)  # fmt: skip
+        comp_of: dict[int, int] = {}
+        for part, at, size in zip(parts.tolist(), first_at.tolist(), sizes.tolist(),
+                                  strict=True):  # fmt: skip
+            comp_of[part] = len(a_comps)
+            a_comps.append((int(old_ranked[at]), size))
+        clustered = [p for p in parts.tolist() if a_comps[comp_of[p]][1] >= 2]
+        if len(ranked) < 2:  # an added photo alone
+            unclustered_added.append(new.keys[ranked])
+            continue
+        for part in parts.tolist():
+            if a_comps[comp_of[part]][1] < 2:  # an old single, clustered now
+                unclustered_removed.append(old.keys[[a_comps[comp_of[part]][0]]])
+        kind = "merged" if len(clustered) >= 2 else "changed" if clustered else "added"
+        for part in clustered:
+            gone.append((comp_of[part], "merged" if kind == "merged" else "changed"))
+        if not clustered:
+            changes.append((j, kind, None, new.keys[ranked], _EMPTY))
+            continue
+        # The base: the largest old cluster inside (ties: its first member's rank).
+        base = min(clustered, key=lambda p: (-a_comps[comp_of[p]][1],
+                                             old.rank_key(a_comps[comp_of[p]][0])))  # fmt: skip
+        outside = inside.copy()
+        outside[:n_old] &= la != base
+        changes.append((j, kind, comp_of[base], new.keys[new_rank[outside[new_rank]]], _EMPTY))
+    return _Local(
+        escape=escape,
+        a_comps=a_comps,
+        b_comps=b_comps,
+        changes=changes,
+        gone=gone,
+        unclustered_added=_concat(unclustered_added),
+        unclustered_removed=_concat(unclustered_removed),
+        singles=sum(size == 1 for _, size in b_comps) - sum(size == 1 for _, size in a_comps),
     )
 
 
@@ -903,15 +985,16 @@ def _numbered(
             seen.threshold]  # fmt: skip
         return replace(seen, threshold=t, unclustered=after.unclustered[t])
     at_old = {
-        i: _locate(old_first, old_minus, old.keys[c[0]].item(), len(c))
-        for i, c in enumerate(local.a_comps)
-        if len(c) >= 2
+        i: _locate(old_first, old_minus, old.keys[first].item(), size)
+        for i, (first, size) in enumerate(local.a_comps)
+        if size >= 2
     }
     leaving = sorted(at_old.values())
     kept_first = np.delete(old_first, leaving) if leaving else old_first
     kept_minus = np.delete(old_minus, leaving) if leaving else old_minus
     entering = sorted(
-        (-len(c), new.rank_key(int(c[0])), j) for j, c in enumerate(local.b_comps) if len(c) >= 2
+        (-size, new.rank_key(first), j) for j, (first, size) in enumerate(local.b_comps)
+        if size >= 2
     )
     rank_of, position = new.ranks, new.position
 
@@ -948,7 +1031,7 @@ def _numbered(
         (
             ClusterChange(
                 number=number[j],
-                size=len(local.b_comps[j]),
+                size=local.b_comps[j][1],
                 kind=kind,
                 base=at_old[base] + 1 if base is not None else 0,
                 added=added,
