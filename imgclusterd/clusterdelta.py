@@ -435,14 +435,16 @@ class SweepState:
         self.position = position
         self.numbering: Numbering | None = None
         self._adjacency: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        # (threshold, labels of every vertex) of the lowest threshold a delta had to label:
-        # the next delta, with this as its old side, starts from them (merging what is above).
-        self.labelled: tuple[int, np.ndarray] | None = None
+        # threshold -> labels of every vertex, at the thresholds a delta had to label: the
+        # next delta, with this as its old side, reads them instead of merging the edges
+        # between thresholds again (a giant cluster forms in the same few thresholds of every
+        # refresh), and carries them to its new side when photos were only added.
+        self.labelled: dict[int, np.ndarray] = {}
         self._by_rank: np.ndarray | None = None
         self._table: np.ndarray | None = None
         if previous is not None and previous.forest is forest:
             self._adjacency = previous._adjacency
-            self.labelled = previous.labelled
+            self.labelled = dict(previous.labelled)
 
     @property
     def n(self) -> int:
@@ -618,13 +620,21 @@ class _Found:
 
 class _Labelling:
     """Labels of one side for the thresholds of one sweep, visited rising: the first one that
-    needs them labels every vertex, the next ones merge only the edges in between."""
+    needs them labels every vertex, the next ones merge only the edges in between; labels the
+    state kept (``SweepState.labelled``) are read, and each threshold's are kept in it.
 
-    def __init__(self, state: SweepState) -> None:
+    ``carry``: the old side, when photos were only added (old vertex i is new vertex i): its
+    kept labels, merged along the new forest's edges that touch an added photo, are this
+    side's -- its other edges are old ones (see :mod:`imgclusterd.cluster`), so the old
+    components are new components or parts of one through an added photo."""
+
+    def __init__(self, state: SweepState, carry: SweepState | None = None) -> None:
         self.state = state
         self.t: int | None = None  # lowest threshold that needed labels, then the last
         self.labels = _EMPTY
         self.done = 0
+        self.carry = carry
+        self._touching: np.ndarray | None = None
 
     def wanted(self, t: int) -> bool:
         """Labels were needed below ``t``: the components only grow, so they are needed now."""
@@ -633,19 +643,46 @@ class _Labelling:
     def at(self, t: int) -> np.ndarray:
         state, f = self.state, self.state.forest
         k = int(np.searchsorted(f.w, t, side="right"))
-        if self.t is None or self.t > t:
-            kept = state.labelled
-            if kept is not None and kept[0] <= t:  # kept by the last delta: merge from there
-                self.labels = kept[1]
-                self.done = int(np.searchsorted(f.w, kept[0], side="right"))
-            else:
-                self.labels = _labels(f.n, f.u[:k], f.v[:k])
-                self.done = k
-                state.labelled = (t, self.labels)
-        if k > self.done:
-            self.labels = _merge(self.labels, f.u[self.done : k], f.v[self.done : k])
+        kept = state.labelled.get(t)
+        if kept is None:
+            kept = self._carried(t)
+        if kept is not None:
+            self.labels = kept
+        else:
+            if self.t is None or self.t > t:
+                below = [s for s in state.labelled if s <= t]
+                if below:  # kept by the last delta: merge from there
+                    self.labels = state.labelled[max(below)]
+                    self.done = int(np.searchsorted(f.w, max(below), side="right"))
+                else:
+                    self.labels = _labels(f.n, f.u[:k], f.v[:k])
+                    self.done = k
+            if k > self.done:
+                self.labels = _merge(self.labels, f.u[self.done : k], f.v[self.done : k])
+            if len(self.labels) and self.labels.dtype != np.int32 and f.n < 2**31:
+                self.labels = self.labels.astype(np.int32)  # kept: half the memory
+            state.labelled[t] = self.labels
         self.t, self.done = t, k
         return self.labels
+
+    def _carried(self, t: int) -> np.ndarray | None:
+        """The labels at ``t`` from the old side's kept ones (see the class doc), or None."""
+        old = self.carry
+        if old is None or t not in old.labelled:
+            return None
+        f, n_old = self.state.forest, old.n
+        if self._touching is None:
+            self._touching = np.flatnonzero((f.u >= n_old) | (f.v >= n_old))
+        touching = self._touching[f.w[self._touching] <= t]
+        labels = np.concatenate([old.labelled[t],
+                                 np.arange(n_old, f.n, dtype=old.labelled[t].dtype)])
+        # A few edges per added photo: relabelling costs less than a graph's components.
+        for x, y in zip(f.u[touching].tolist(), f.v[touching].tolist(), strict=True):
+            a, b = labels[x], labels[y]
+            if a != b:
+                labels[labels == max(a, b)] = min(a, b)
+        self.state.labelled[t] = labels
+        return labels
 
 
 class _Survivors:
@@ -703,9 +740,7 @@ def sweep_delta_from(
     # Photos only added, old vertices kept their numbers: every old component is inside one
     # new component (see _changes_added).
     added_only = not len(a_hot) and new.n >= old.n and np.array_equal(new.keys[: old.n], old.keys)
-    if added_only:
-        _carry_labels(old, new)
-    labellings = (_Labelling(old), _Labelling(new))
+    labellings = (_Labelling(old), _Labelling(new, old if added_only else None))
 
     # Below the lightest edge of a changed image every changed image is a single on its side
     # and nothing else differs (see sweep_delta).
@@ -738,23 +773,6 @@ def sweep_delta_from(
     for state in (old, new):  # cheap to make again; the adjacency is what is worth keeping
         state.drop_lookups()
     return [result[int(t)] for t in thresholds]
-
-
-def _carry_labels(old: SweepState, new: SweepState) -> None:
-    """Photos only added (nothing removed, renamed or re-hashed; old vertices kept their
-    numbers): ``new``'s labels at the threshold
-    ``old`` kept them for are those merged along the new forest's edges that touch an added
-    vertex -- its other edges are old ones (see :mod:`imgclusterd.cluster`), so the old
-    components are new components or parts of one through an added photo. One pass over the
-    edges instead of labelling every vertex again."""
-    if old.labelled is None or new.labelled is not None:
-        return
-    t, labels = old.labelled
-    f = new.forest
-    k = int(np.searchsorted(f.w, t, side="right"))
-    touching = np.flatnonzero((f.u[:k] >= old.n) | (f.v[:k] >= old.n))
-    grown = np.concatenate([labels, np.arange(old.n, new.n, dtype=labels.dtype)])
-    new.labelled = (t, _merge(grown, f.u[touching], f.v[touching]) if len(touching) else grown)
 
 
 def _lightest_edge(state: SweepState, vertices: np.ndarray) -> int:
