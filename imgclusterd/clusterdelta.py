@@ -665,15 +665,21 @@ class _Labelling:
         self.t, self.done = t, k
         return self.labels
 
+    def touching(self) -> np.ndarray:
+        """The forest's edges (indices) that touch a vertex the ``carry`` side lacks."""
+        if self._touching is None:
+            f, n_old = self.state.forest, self.carry.n if self.carry is not None else 0
+            self._touching = np.flatnonzero((f.u >= n_old) | (f.v >= n_old))
+        return self._touching
+
     def _carried(self, t: int) -> np.ndarray | None:
         """The labels at ``t`` from the old side's kept ones (see the class doc), or None."""
         old = self.carry
         if old is None or t not in old.labelled:
             return None
         f, n_old = self.state.forest, old.n
-        if self._touching is None:
-            self._touching = np.flatnonzero((f.u >= n_old) | (f.v >= n_old))
-        touching = self._touching[f.w[self._touching] <= t]
+        touching = self.touching()
+        touching = touching[f.w[touching] <= t]
         labels = np.concatenate([old.labelled[t],
                                  np.arange(n_old, f.n, dtype=old.labelled[t].dtype)])
         # A few edges per added photo: relabelling costs less than a graph's components.
@@ -813,6 +819,8 @@ def _changes_at(
     b_touch: np.ndarray,
     added_only: bool = False,
 ) -> _Local:
+    if added_only and (labellings[1].wanted(t) or t in old.labelled):
+        return _changes_added(t, old, new, labellings, b_hot)  # no walk: labels are at hand
     # Changed components on each side (see the module docstring): one round is closed.
     a = _Found(old, t, cap, labellings[0])
     b = _Found(new, t, cap, labellings[1])
@@ -916,7 +924,9 @@ def _changes_added(
     old component at ``t`` lies whole inside one new component; a new component holding no
     added photo is an old one. The changed new components are those of the added photos, the
     changed old ones the old components inside them (each goes to one new component: nothing
-    splits, and nothing is removed from a base)."""
+    splits, and nothing is removed from a base). The new forest's edges between old photos are
+    old edges, so each old component inside a new one is linked to an added photo of it by an
+    edge <= ``t``: the old components are found from the added photos' edges."""
     la = labellings[0].at(t)
     lb = labellings[1].at(t)
     escape = _NEVER
@@ -925,48 +935,51 @@ def _changes_added(
         if k < len(w):
             escape = min(escape, int(w[k]))
     n_old = old.n
-    old_rank, new_rank = old.by_rank(), new.by_rank()
+    touching = labellings[1].touching()
+    f = new.forest
+    touching = touching[f.w[touching] <= t]
+    eu, ev = f.u[touching].astype(np.int64), f.v[touching].astype(np.int64)
     a_comps: list[tuple[int, int]] = []
     b_comps: list[tuple[int, int]] = []
     changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
     gone: list[tuple[int, str]] = []
     unclustered_added: list[np.ndarray] = []
     unclustered_removed: list[np.ndarray] = []
-    for label in np.unique(lb[b_hot]).tolist():
-        inside = lb == label
-        ranked = new_rank[inside[new_rank]]  # members in rank order
+    hot_labels = lb[b_hot]
+    for label in np.unique(hot_labels).tolist():
+        xs = b_hot[hot_labels == label]  # the added photos in it
+        linked = np.isin(eu, xs) | np.isin(ev, xs)
+        ends = np.concatenate([eu[linked], ev[linked]])
         j = len(b_comps)
-        b_comps.append((int(ranked[0]), len(ranked)))
-        # The old components inside: (size, first member by rank, component), and the one
-        # each vertex of it is in (-1: added).
-        olds = inside[:n_old]
-        old_ranked = old_rank[olds[old_rank]]
-        parts, first_at, sizes = np.unique(la[old_ranked], return_index=True,
-                                           return_counts=True)  # fmt: skip
         comp_of: dict[int, int] = {}
-        for part, at, size in zip(parts.tolist(), first_at.tolist(), sizes.tolist(),
-                                  strict=True):  # fmt: skip
+        members_of: dict[int, np.ndarray] = {}
+        for part in np.unique(la[ends[ends < n_old]]).tolist():
+            members = np.flatnonzero(la == part)
             comp_of[part] = len(a_comps)
-            a_comps.append((int(old_ranked[at]), size))
-        clustered = [p for p in parts.tolist() if a_comps[comp_of[p]][1] >= 2]
-        if len(ranked) < 2:  # an added photo alone
-            unclustered_added.append(new.keys[ranked])
+            members_of[part] = members
+            # First by rank (ties: the smallest vertex, listed first).
+            a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
+        size = len(xs) + sum(len(m) for m in members_of.values())
+        leaders = [*xs.tolist(), *(a_comps[c][0] for c in comp_of.values())]
+        b_comps.append((min(leaders, key=new.rank_key), size))
+        clustered = [p for p in comp_of if a_comps[comp_of[p]][1] >= 2]
+        if size < 2:  # an added photo alone
+            unclustered_added.append(new.keys[xs])
             continue
-        for part in parts.tolist():
+        for part in comp_of:
             if a_comps[comp_of[part]][1] < 2:  # an old single, clustered now
-                unclustered_removed.append(old.keys[[a_comps[comp_of[part]][0]]])
+                unclustered_removed.append(old.keys[members_of[part]])
         kind = "merged" if len(clustered) >= 2 else "changed" if clustered else "added"
         for part in clustered:
             gone.append((comp_of[part], "merged" if kind == "merged" else "changed"))
-        if not clustered:
-            changes.append((j, kind, None, new.keys[ranked], _EMPTY))
-            continue
         # The base: the largest old cluster inside (ties: its first member's rank).
         base = min(clustered, key=lambda p: (-a_comps[comp_of[p]][1],
-                                             old.rank_key(a_comps[comp_of[p]][0])))  # fmt: skip
-        outside = inside.copy()
-        outside[:n_old] &= la != base
-        changes.append((j, kind, comp_of[base], new.keys[new_rank[outside[new_rank]]], _EMPTY))
+                                             old.rank_key(a_comps[comp_of[p]][0])),
+                   default=None)  # fmt: skip
+        added = np.concatenate([xs, *(m for p, m in members_of.items() if p != base)])
+        added = added[np.lexsort((added, new.ranks[added]))]  # rank order
+        changes.append((j, kind, None if base is None else comp_of[base], new.keys[added],
+                        _EMPTY))  # fmt: skip
     return _Local(
         escape=escape,
         a_comps=a_comps,
