@@ -458,7 +458,7 @@ class SweepState:
             # Edge-major order keeps the forest's weight order within each vertex's list.
             ends = np.stack([f.u, f.v], axis=1).ravel()
             others = np.stack([f.v, f.u], axis=1).ravel()
-            order = np.argsort(ends, kind="stable")
+            order = _stable_order(ends)
             start = np.zeros(n + 1, dtype=np.int32 if 2 * n < 2**31 else np.int64)
             np.cumsum(np.bincount(ends, minlength=n), out=start[1:])
             self._adjacency = (start, others[order], np.repeat(f.w, 2)[order])
@@ -507,6 +507,19 @@ class SweepState:
         if self.numbering is None or not self.numbering.covers(thresholds):
             self.numbering = _numbering(self.forest, self.keys, self.ranks, thresholds)
         return self.numbering
+
+
+def _stable_order(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` for non-negative ints below 2**32, in O(N): numpy
+    sorts 16-bit ints stably by radix (one pass per 16 bits; a general stable sort of the 2N
+    ends of a forest's edges was ~6 ms per algorithm and refresh at 20,000 photos, 8x this)."""
+    if not len(values) or int(values.max()) >= 2**32 or int(values.min()) < 0:
+        return np.argsort(values, kind="stable")
+    order = np.argsort((values & 0xFFFF).astype(np.uint16), kind="stable")
+    if int(values.max()) < 2**16:
+        return order
+    high = (values[order] >> 16).astype(np.uint16)
+    return order[np.argsort(high, kind="stable")]
 
 
 def _numbering(

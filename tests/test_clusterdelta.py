@@ -278,3 +278,17 @@ def test_sweep_delta_from_follows_random_changes(
         assert new.numbering is not None
         same_numbering(new.numbering, state_of(index, rank).numbering_for(THRESHOLDS))
         state = new
+
+
+def test_stable_order_is_numpys_stable_argsort() -> None:
+    """The adjacency's radix order (16 bits a pass) equals numpy's stable argsort, for values
+    of one pass, two passes and beyond (the general sort)."""
+    rng = np.random.default_rng(5)
+    for high in (7, 2**16, 70_000, 2**31 - 1, 2**40):
+        for dtype in (np.int32, np.int64):
+            if high >= 2**31 and dtype is np.int32:
+                continue
+            values = rng.integers(0, high, 3000).astype(dtype)
+            assert clusterdelta._stable_order(values).tolist() == np.argsort(
+                values, kind="stable").tolist()  # fmt: skip
+    assert clusterdelta._stable_order(np.empty(0, dtype=np.int32)).tolist() == []
