@@ -208,7 +208,7 @@ def _apply(
     if model.digest != old.digest:
         # An entry whose target stays and whose name changes (a renumbered cluster) is
         # renamed, not made again: targets are unique within a threshold folder.
-        was_named = {target: name for name, target in removed.items()}
+        was_named = dict(zip(removed.values(), removed, strict=True))  # target -> name
         moved = {name: was_named[target] for name, target in added.items() if target in was_named}
         renamed = set(moved.values())
         objects.setdefault(
@@ -240,15 +240,31 @@ def _threshold_diff(
         start = min(changed) - 1
         n_old, n_new = len(old.sizes), len(sizes)
         stop = max(changed) if n_old == n_new else max(n_old, n_new)
-        for p in range(start, stop):
-            was = (old.sizes[p], old.leaves[p]) if p < n_old else None
-            now = (sizes[p], leaves[p]) if p < n_new else None
-            if was == now:
-                continue
-            if was is not None:
-                removed[cluster_name(p + 1, was[0])] = "../" + was[1].digest
-            if now is not None:
-                added[cluster_name(p + 1, now[0])] = "../" + now[1].digest
+        # A +1 at 20,000 photos renumbers ~20,000 clusters here: one pass over slices, no
+        # tuple or LeafSum.__eq__ (a Python call) per position, and a renumbered cluster
+        # next to one of its size (most are) has its name made once for both sides.
+        both = min(stop, n_old, n_new)
+        for p, was_size, was, now_size, now in zip(
+            range(start + 1, both + 1),
+            old.sizes[start:both],
+            old.leaves[start:both],
+            sizes[start:both],
+            leaves[start:both],
+            strict=True,
+        ):
+            if was_size == now_size:
+                if was is now or (was.total == now.total and was.count == now.count):
+                    continue
+                name = cluster_name(p, was_size)
+                removed[name] = "../" + was.digest
+                added[name] = "../" + now.digest
+            else:
+                removed[cluster_name(p, was_size)] = "../" + was.digest
+                added[cluster_name(p, now_size)] = "../" + now.digest
+        for p in range(max(start, both), min(stop, n_old)):  # clusters that are gone
+            removed[cluster_name(p + 1, old.sizes[p])] = "../" + old.leaves[p].digest
+        for p in range(max(start, both), min(stop, n_new)):  # clusters that are new
+            added[cluster_name(p + 1, sizes[p])] = "../" + leaves[p].digest
     if unclustered != old.unclustered:
         removed[unclustered_name(old.unclustered.count)] = "../" + old.unclustered.digest
         added[unclustered_name(unclustered.count)] = "../" + unclustered.digest

@@ -29,9 +29,11 @@ and ``Plan.generation_links`` names the algorithm objects as ``../../objects/<di
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -100,8 +102,21 @@ LeafMemo = dict[tuple[Link, ...], tuple["LeafSum", dict[str, str]]]
 _MASK = (1 << 128) - 1
 
 
+# An entry's bytes are ``os.fsencode(name) + b"\0" + os.fsencode(target)``. With the usual
+# file-system encoding (UTF-8, surrogateescape: Linux, macOS) that is one ``str.encode`` of
+# ``name + "\0" + target``: a +1 at 20,000 photos hashes ~44,000 renumbered entries of
+# threshold folders, and the two fsencode calls (Python functions) were half of their cost.
+_FS_UTF8 = (
+    codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+    and sys.getfilesystemencodeerrors() == "surrogateescape"
+)
+
+
 def _entry_hash(name: str, target: str) -> int:
-    data = os.fsencode(name) + b"\0" + os.fsencode(target)
+    if _FS_UTF8:
+        data = (name + "\0" + target).encode("utf-8", "surrogateescape")
+    else:  # (another file-system encoding: exactly what the digest is defined as)
+        data = os.fsencode(name) + b"\0" + os.fsencode(target)
     return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
 
 
@@ -140,10 +155,19 @@ LeafSum.EMPTY = LeafSum(0, 0)
 def add_links(leaf: LeafSum, links: Iterable[tuple[str, str]], sign: int = 1) -> LeafSum:
     """``leaf`` with ``links`` added (``sign=1``) or taken away (``sign=-1``)."""
     count, total = leaf.count, leaf.total
+    if not _FS_UTF8:
+        for name, target in links:
+            count += sign
+            total += sign * _entry_hash(name, target)
+        return LeafSum(count, total & _MASK)
+    # _entry_hash inlined (the same bytes, the same hash): no call per entry.
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    added = 0
     for name, target in links:
         count += sign
-        total += sign * _entry_hash(name, target)
-    return LeafSum(count, total & _MASK)
+        data = (name + "\0" + target).encode("utf-8", "surrogateescape")
+        added += from_bytes(blake2b(data, digest_size=16).digest(), "big")
+    return LeafSum(count, (total + sign * added) & _MASK)
 
 
 def leaf_digest(links: Mapping[str, str]) -> LeafSum:
