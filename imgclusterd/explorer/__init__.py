@@ -193,11 +193,11 @@ def data_script(
     parts = [_escape(json.dumps(data, ensure_ascii=True, separators=(",", ":"))[:-1])]
     parts.append(',"algorithms":[')
     for k, algorithm in enumerate(algorithms):
-        entry = _algorithm(algorithm, rank, len(photos))
-        blobs = [(key, entry.pop(key)) for key in ("edges", "members") if key in entry]
+        fields = _algorithm(algorithm, rank, len(photos))
+        blobs = [(key, fields.pop(key)) for key in ("edges", "members") if key in fields]
         if k:
             parts.append(",")
-        parts.append(_escape(json.dumps(entry, ensure_ascii=True, separators=(",", ":"))[:-1]))
+        parts.append(_escape(json.dumps(fields, ensure_ascii=True, separators=(",", ":"))[:-1]))
         parts += [f',"{key}":"{blob}"' for key, blob in blobs]
         parts.append("}")
     parts.append("]}")
