@@ -401,6 +401,17 @@ def _kruskal_add(
     xu, xv, xw = lo[extra], hi[extra], np.asarray(ew)[extra]
     if not len(extra):
         return ku, kv, kw
+    return _merge_edges(n, (ku, kv, kw), (xu, xv, xw))
+
+
+def _merge_edges(
+    n: int,
+    kept: tuple[np.ndarray, np.ndarray, np.ndarray],
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``kept`` (normalised, sorted by (w, u, v)) with a few normalised ``extra`` ones
+    put in their places: one int64 key for the few, no sort of the many."""
+    (ku, kv, kw), (xu, xv, xw) = kept, extra
     if n >= _MERGE_KEY_LIMIT:  # the merge key below would overflow: sort everything
         au, av, aw = (np.concatenate(pair) for pair in ((ku, xu), (kv, xv), (kw, xw)))
         f = _make_forest(n, au, av, aw, int(_FAR))
@@ -542,16 +553,17 @@ def remove_from_forest(
         add_w.append(weight)
         piece[inside] = piece[np.searchsorted(affected, b)]
     remap = np.cumsum(~gone) - 1  # old vertex -> new index
-    return (
-        _make_forest(
-            len(kept),
-            remap[np.concatenate([u, np.asarray(add_u, np.int64)])],
-            remap[np.concatenate([v, np.asarray(add_v, np.int64)])],
-            np.concatenate([w, np.asarray(add_w, np.uint16)]),
-            limit,
-        ),
-        kept,
-    )
+    # The survivors' edges stay normalised and sorted (the renumbering keeps the order): only
+    # the few reconnecting edges are sorted and put in their places.
+    fresh = _make_forest(len(kept), remap[np.asarray(add_u, np.int64)],
+                         remap[np.asarray(add_v, np.int64)], np.asarray(add_w, np.uint16),
+                         limit)  # fmt: skip
+    mu, mv, mw = _merge_edges(
+        len(kept), (remap[u].astype(np.int32), remap[v].astype(np.int32), w),
+        (fresh.u, fresh.v, fresh.w),
+    )  # fmt: skip
+    return Forest(len(kept), mu.astype(np.int32), mv.astype(np.int32), mw.astype(np.uint16),
+                  limit), kept  # fmt: skip
 
 
 # --------------------------------------------------------------------------- partitions

@@ -333,6 +333,10 @@ def test_remove_matches_scratch(data, picks, limit) -> None:
     assert shrunk.n == len(kept)
     scratch = spanning_forest(packed[kept], limit)
     assert partitions_of(shrunk, limit) == partitions_of(scratch, limit)
+    # Sweeps read the edges in (w, u, v) order with u < v: the reconnecting edges too.
+    edges = list(zip(shrunk.w.tolist(), shrunk.u.tolist(), shrunk.v.tolist(), strict=True))
+    assert edges == sorted(edges) and all(u < v for _, u, v in edges)
+    assert (shrunk.u.dtype, shrunk.v.dtype, shrunk.w.dtype) == (np.int32, np.int32, np.uint16)
 
 
 def test_remove_a_bridge_vertex_reconnects_the_pieces() -> None:
