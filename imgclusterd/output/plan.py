@@ -112,6 +112,9 @@ _FS_UTF8 = (
 )
 
 
+_EMPTY_ENTRY_HASH = hashlib.blake2b(digest_size=16)  # copied, never updated
+
+
 def _entry_hash(name: str, target: str) -> int:
     if _FS_UTF8:
         data = (name + "\0" + target).encode("utf-8", "surrogateescape")
@@ -160,13 +163,15 @@ def add_links(leaf: LeafSum, links: Iterable[tuple[str, str]], sign: int = 1) ->
             count += sign
             total += sign * _entry_hash(name, target)
         return LeafSum(count, total & _MASK)
-    # _entry_hash inlined (the same bytes, the same hash): no call per entry.
-    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    # _entry_hash inlined (the same bytes, the same hash): no call per entry, and a copy of
+    # an empty 16-byte blake2b rather than a new one (~30% less: no keyword parsing).
+    empty, from_bytes = _EMPTY_ENTRY_HASH, int.from_bytes
     added = 0
     for name, target in links:
         count += sign
-        data = (name + "\0" + target).encode("utf-8", "surrogateescape")
-        added += from_bytes(blake2b(data, digest_size=16).digest(), "big")
+        h = empty.copy()
+        h.update((name + "\0" + target).encode("utf-8", "surrogateescape"))
+        added += from_bytes(h.digest(), "big")
     return LeafSum(count, (total + sign * added) & _MASK)
 
 
