@@ -95,7 +95,7 @@ class ExplorerAlgorithm:
     name: str
     thresholds: Sequence[int]
     forest: EdgeList
-    vertices: Sequence[int]
+    vertices: Sequence[int] | np.ndarray
 
 
 def _page_version() -> str:
