@@ -33,6 +33,7 @@ from imgclusterd.output import (
     link_name,
 )
 from imgclusterd.output.area import rename_at
+from imgclusterd.output.delta import RefCounts
 from imgclusterd.output.hooks import (
     ALGORITHM_WRITTEN,
     IDLE_FLUSHED,
@@ -1564,3 +1565,38 @@ def test_a_single_step_composes_to_what_the_general_case_gives() -> None:
         assert [list(dict(p).values()) for p in single[1:]] == [
             list(dict(p).values()) for p in general[1:]
         ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.integers(0, 40), st.integers(-2, 5), max_size=12), max_size=12
+    ),
+    st.lists(st.integers(0, 40), max_size=30),
+)
+def test_reference_counts_follow_every_update_as_a_dict_would(
+    updates: list[dict[int, int]], first: list[int]
+) -> None:
+    """The writer's compact reference counts (sorted digest arrays) against a plain dict:
+    after each update every digest's count is the same, forgotten ones read as 0."""
+
+    def digest(i: int) -> str:
+        return f"{i * 2654435761 % 2**32:08x}" * 4  # 32 hex digits, not in number order
+
+    refs = RefCounts(digest(i) for i in first)
+    model: dict[str, int] = {}
+    for i in first:
+        model[digest(i)] = model.get(digest(i), 0) + 1
+    for update in updates:
+        counts = {digest(i): n for i, n in update.items()}
+        refs.set_counts(counts)
+        for key, n in counts.items():
+            if n > 0:
+                model[key] = n
+            else:
+                model.pop(key, None)
+        assert len(refs) == len(model)
+        for i in range(41):
+            assert refs.get(digest(i)) == model.get(digest(i), 0)
+    refs.clear()
+    assert len(refs) == 0 and refs.get(digest(0)) == 0

@@ -23,24 +23,29 @@ Unchanged thresholds are not touched at all: their digests are reused as they ar
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .names import Link, check_name, cluster_name, threshold_name, unclustered_name
 from .plan import (
+    DIGEST_LEN,
     LeafSum,
     Plan,
     PlannedObject,
     Role,
     ThresholdModel,
     add_links,
+    leaf_rows,
     object_digest,
+    row_digests,
     split_extra_files,
 )
 
 __all__ = [
     "FolderPatch",
+    "RefCounts",
     "ThresholdPatch",
     "TreeDelta",
     "TreeModel",
@@ -125,7 +130,8 @@ def plan_delta(
         files = algo_files.get(algo, {})
         new_model.algorithms[algo] = updated
         new_model.algo_files[algo] = files
-        if updated == thresholds and files == model.algo_files.get(algo, {}):
+        same = all(a.same_as(b) for a, b in zip(updated, thresholds, strict=True))
+        if same and files == model.algo_files.get(algo, {}):
             algo_digest = None  # unchanged: keep the digest the generation names
         else:
             entries = _algo_entries(updated)
@@ -154,9 +160,10 @@ def _apply(
     gone = sorted(set(patch.gone))
     if gone and (gone[0] < 1 or gone[-1] > count):
         raise ValueError(f"{algo} t={t}: gone cluster out of range")
-    sizes, leaves = list(old.sizes), list(old.leaves)  # (copies in C: no loop per cluster)
-    for number in reversed(gone):
-        del sizes[number - 1], leaves[number - 1]
+    sizes, leaves = old.sizes, old.leaves  # (new arrays below: the old model stays as it is)
+    if gone:
+        at = np.subtract(gone, 1)
+        sizes, leaves = np.delete(sizes, at), np.delete(leaves, at)
     unclustered = old.unclustered
     new_clusters: list[tuple[int, int, LeafSum]] = []
     for folder in patch.patches:
@@ -165,7 +172,7 @@ def _apply(
         elif folder.base == 0:
             base = old.unclustered
         elif 1 <= folder.base <= count and folder.base in gone:
-            base = old.leaves[folder.base - 1]
+            base = old.leaf(folder.base)
         else:
             raise ValueError(f"{algo} t={t}: base {folder.base} is not a gone cluster")
         for link in folder.added:
@@ -194,8 +201,8 @@ def _apply(
     for number, size, leaf in sorted(new_clusters, key=lambda item: item[0]):
         if not 1 <= number <= len(sizes) + 1:
             raise ValueError(f"{algo} t={t}: cluster number {number} out of range")
-        sizes.insert(number - 1, size)
-        leaves.insert(number - 1, leaf)
+        sizes = np.insert(sizes, number - 1, size)
+        leaves = np.insert(leaves, number - 1, leaf_rows([leaf]))
     if len(sizes) != patch.clusters:
         raise ValueError(f"{algo} t={t}: {len(sizes)} clusters planned, {patch.clusters} expected")
     # The threshold folder is a patch of the old one too: only the entries whose number,
@@ -228,8 +235,8 @@ def _apply(
 
 def _threshold_diff(
     old: ThresholdModel,
-    sizes: Sequence[int],
-    leaves: Sequence[LeafSum],
+    sizes: np.ndarray,
+    leaves: np.ndarray,
     unclustered: LeafSum,
     changed: Sequence[int],
 ) -> tuple[dict[str, str], dict[str, str]]:
@@ -240,31 +247,40 @@ def _threshold_diff(
         start = min(changed) - 1
         n_old, n_new = len(old.sizes), len(sizes)
         stop = max(changed) if n_old == n_new else max(n_old, n_new)
-        # A +1 at 20,000 photos renumbers ~20,000 clusters here: one pass over slices, no
-        # tuple or LeafSum.__eq__ (a Python call) per position, and a renumbered cluster
-        # next to one of its size (most are) has its name made once for both sides.
-        both = min(stop, n_old, n_new)
-        for p, was_size, was, now_size, now in zip(
-            range(start + 1, both + 1),
-            old.sizes[start:both],
-            old.leaves[start:both],
-            sizes[start:both],
-            leaves[start:both],
+        # Positions on both sides: compared as arrays (a +1 at 20,000 photos renumbers
+        # ~20,000 clusters here), named where size or leaf differ, in number order.
+        both = max(start, min(stop, n_old, n_new))
+        was_sizes, now_sizes = old.sizes[start:both], sizes[start:both]
+        was, now = old.leaves[start:both], leaves[start:both]
+        at = np.flatnonzero(
+            (was_sizes != now_sizes) | (was["lo"] != now["lo"]) | (was["hi"] != now["hi"])
+        )
+        for p, was_size, was_digest, now_size, now_digest in zip(
+            (at + start + 1).tolist(),
+            was_sizes[at].tolist(),
+            row_digests(was[at]),
+            now_sizes[at].tolist(),
+            row_digests(now[at]),
             strict=True,
         ):
-            if was_size == now_size:
-                if was is now or (was.total == now.total and was.count == now.count):
-                    continue
-                name = cluster_name(p, was_size)
-                removed[name] = "../" + was.digest
-                added[name] = "../" + now.digest
-            else:
-                removed[cluster_name(p, was_size)] = "../" + was.digest
-                added[cluster_name(p, now_size)] = "../" + now.digest
-        for p in range(max(start, both), min(stop, n_old)):  # clusters that are gone
-            removed[cluster_name(p + 1, old.sizes[p])] = "../" + old.leaves[p].digest
-        for p in range(max(start, both), min(stop, n_new)):  # clusters that are new
-            added[cluster_name(p + 1, sizes[p])] = "../" + leaves[p].digest
+            removed[cluster_name(p, was_size)] = "../" + was_digest
+            added[cluster_name(p, now_size)] = "../" + now_digest
+        gone = slice(both, max(both, min(stop, n_old)))  # clusters only the old side has
+        for p, size, digest in zip(
+            range(gone.start + 1, gone.stop + 1),
+            old.sizes[gone].tolist(),
+            row_digests(old.leaves[gone]),
+            strict=True,
+        ):
+            removed[cluster_name(p, size)] = "../" + digest
+        new = slice(both, max(both, min(stop, n_new)))  # and only the new side
+        for p, size, digest in zip(
+            range(new.start + 1, new.stop + 1),
+            sizes[new].tolist(),
+            row_digests(leaves[new]),
+            strict=True,
+        ):
+            added[cluster_name(p, size)] = "../" + digest
     if unclustered != old.unclustered:
         removed[unclustered_name(old.unclustered.count)] = "../" + old.unclustered.digest
         added[unclustered_name(unclustered.count)] = "../" + unclustered.digest
@@ -287,17 +303,71 @@ def model_from_plan(plan: Plan) -> TreeModel:
 Change = tuple[str, int, int, Role | None]
 
 
-def positions(model: TreeModel, algo_digests: Mapping[str, str]) -> Counter[str]:
+class RefCounts:
+    """How many places of the tree each object fills, by digest: its reference count.
+
+    Two arrays, the digests sorted (ASCII hex) and their counts: the writer keeps one entry
+    per object of the tree between refreshes (~400,000 at 100,000 photos), which as a
+    Counter of hex str cost ~120 bytes each; here 36.
+    """
+
+    def __init__(self, digests: Iterable[str] | np.ndarray = ()) -> None:
+        """One count per time a digest is given (``digests``: str, or an array of them as
+        ASCII bytes)."""
+        if not isinstance(digests, np.ndarray):
+            digests = np.array(list(digests), f"S{DIGEST_LEN}")
+        self._keys, counts = np.unique(digests.astype(f"S{DIGEST_LEN}"), return_counts=True)
+        self._counts = counts.astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, digest: str, default: int = 0) -> int:
+        key = digest.encode()
+        at = int(np.searchsorted(self._keys, key))
+        if at < len(self._keys) and self._keys[at] == key:
+            return int(self._counts[at])
+        return default
+
+    def set_counts(self, counts: Mapping[str, int]) -> None:
+        """Set these objects' counts; a count of 0 or less forgets the object."""
+        if not counts:
+            return
+        keys = np.array(list(counts), f"S{DIGEST_LEN}")
+        values = np.fromiter(counts.values(), np.int64, len(counts))
+        at = np.searchsorted(self._keys, keys)
+        known = at < len(self._keys)
+        known[known] = self._keys[at[known]] == keys[known]
+        self._counts[at[known]] = values[known]
+        drop = at[known & (values <= 0)]
+        if len(drop):
+            self._keys, self._counts = np.delete(self._keys, drop), np.delete(self._counts, drop)
+        fresh = ~known & (values > 0)
+        if fresh.any():
+            order = np.argsort(keys[fresh])
+            new_keys, new_counts = keys[fresh][order], values[fresh][order]
+            where = np.searchsorted(self._keys, new_keys)
+            self._keys = np.insert(self._keys, where, new_keys)
+            self._counts = np.insert(self._counts, where, new_counts.astype(np.int32))
+
+    def clear(self) -> None:
+        self._keys, self._counts = self._keys[:0], self._counts[:0]
+
+
+def positions(model: TreeModel, algo_digests: Mapping[str, str]) -> RefCounts:
     """How many places of the tree (algorithm, threshold, cluster or unclustered folder) each
     object fills: its reference count. Shared objects (the same cluster at several
     thresholds) count once per place."""
-    refs: Counter[str] = Counter(algo_digests.values())
+    parts = [np.array(list(algo_digests.values()), f"S{DIGEST_LEN}")]
     for thresholds in model.algorithms.values():
-        for m in thresholds:
-            refs[m.digest] += 1
-            refs[m.unclustered.digest] += 1
-            refs.update(leaf.digest for leaf in m.leaves)
-    return refs
+        parts.append(
+            np.array(
+                [d for m in thresholds for d in (m.digest, m.unclustered.digest)],
+                f"S{DIGEST_LEN}",
+            )
+        )
+        parts += [m.leaves["digest"] for m in thresholds]
+    return RefCounts(np.concatenate(parts))
 
 
 def position_changes(
@@ -319,7 +389,7 @@ def position_changes(
             o, n = before[t], after[t]
             changes += [(o.digest, -1, 1, (algo, "t", t)), (n.digest, +1, 1, (algo, "t", t))]
             for number in patch.gone:
-                changes.append((o.leaves[number - 1].digest, -1, 2, (algo, f"c{number}", t)))
+                changes.append((o.leaf_digest(number), -1, 2, (algo, f"c{number}", t)))
             for folder in patch.patches:
                 if folder.number == 0:
                     changes += [
@@ -328,7 +398,7 @@ def position_changes(
                     ]
                 else:
                     slot = f"c{folder.number}"
-                    changes.append((n.leaves[folder.number - 1].digest, +1, 2, (algo, slot, t)))
+                    changes.append((n.leaf_digest(folder.number), +1, 2, (algo, slot, t)))
     for algo in sorted(set(old_algos) | set(new_algos)):
         if old_algos.get(algo) != new_algos.get(algo):
             if algo in old_algos:

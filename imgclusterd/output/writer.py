@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from imgclusterd.errors import OutputError
 
 from .area import Area, area_path, remove_tree, rename_at
 from .delta import (
+    RefCounts,
     TreeDelta,
     TreeModel,
     plan_delta,
@@ -150,7 +150,7 @@ class OutputWriter:
         # Of the model's generation: algorithm -> its object, and how many places of the tree
         # each object fills (the records of delta writes come from these, see retention).
         self._algo_digests: dict[str, str] = {}
-        self._refs: Counter[str] = Counter()
+        self._refs = RefCounts()
         # Collect by a full walk next time: a collection from records failed half-way.
         self._walk_next = False
         # After a delta write: from this time on, the next write finds its patches' retired
@@ -328,11 +328,7 @@ class OutputWriter:
         )
         self._model, self._model_generation = model, report.generation
         self._algo_digests = algo_digests
-        for digest, count in counts.items():
-            if count > 0:
-                self._refs[digest] = count
-            else:
-                self._refs.pop(digest, None)
+        self._refs.set_counts(counts)
         report.planned = "delta"
         if report.swapped and self.keep_generations == 2:
             # The generation it replaced is released once past its grace. (With more kept,
