@@ -383,46 +383,25 @@ def _kruskal_add(
     plus a few extra ones. Each candidate gets a distinct weight ``w * (E + 1) + index`` (the
     forest's edges first on equal ``w``), so the tree scipy returns names its candidates by
     index: what stays of the forest is still sorted, and only the extra edges kept are sorted
-    and merged in. And the forest's edges no heavier than the lightest extra one all stay (a
-    cycle through an extra edge has a heavier edge than them): their components are contracted
-    first, so the tree is only made of the heavier edges and the extra ones.
+    and merged in.
     """
+    m = len(w)
+    lo, hi = np.minimum(eu, ev), np.maximum(eu, ev)
+    total = m + len(ew)
     if not len(ew):
         return u, v, w
-    lo, hi = np.minimum(eu, ev), np.maximum(eu, ev)
-    ew = np.asarray(ew)
-    split = int(np.searchsorted(w, ew.min(), side="right"))
-    comp = _labels(n, u[:split], v[:split]) if split else np.arange(n)
-    # The contracted graph: the heavier forest edges, then the extra ones (distinct weights in
-    # that order); no loops (the forest has no cycle, an extra edge has a new photo alone in
-    # its component), but parallel edges, of which the lightest is enough.
-    hu, hv, hw = u[split:], v[split:], w[split:]
-    total = len(hw) + len(ew)
-    a = np.concatenate([comp[hu], comp[lo]]).astype(np.int64)
-    b = np.concatenate([comp[hv], comp[hi]]).astype(np.int64)
-    a, b = np.minimum(a, b), np.maximum(a, b)
-    data = np.concatenate([hw, ew]).astype(np.float64) * (total + 1) + np.arange(1, total + 1)
-    nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-    a, b = inverse[:total], inverse[total:]
-    order = np.lexsort((data, b, a))
-    first = np.ones(total, dtype=bool)
-    first[1:] = (np.diff(a[order]) != 0) | (np.diff(b[order]) != 0)
-    chosen = order[first]
-    chosen = chosen[a[chosen] != b[chosen]]  # (a loop: none from the index, but say so)
-    k = len(nodes)
-    graph = coo_array((data[chosen], (a[chosen], b[chosen])), shape=(k, k))
+    data = np.concatenate([w, ew]).astype(np.float64) * (total + 1) + np.arange(1, total + 1)
+    graph = coo_array((data, (np.concatenate([u, lo]), np.concatenate([v, hi]))), shape=(n, n))
     tree = minimum_spanning_tree(graph.tocsr()).tocoo()
     picked = np.rint(tree.data).astype(np.int64) % (total + 1) - 1
     keep = np.zeros(total, dtype=bool)
     keep[picked] = True
-    heavy = keep[: len(hw)]
-    ku = np.concatenate([u[:split], hu[heavy]])
-    kv = np.concatenate([v[:split], hv[heavy]])
-    kw = np.concatenate([w[:split], hw[heavy]])
-    extra = np.flatnonzero(keep[len(hw) :])
+    ku, kv, kw = u[keep[:m]], v[keep[:m]], w[keep[:m]]
+    extra = np.flatnonzero(keep[m:])
+    xu, xv, xw = lo[extra], hi[extra], np.asarray(ew)[extra]
     if not len(extra):
         return ku, kv, kw
-    return _merge_edges(n, (ku, kv, kw), (lo[extra], hi[extra], ew[extra]))
+    return _merge_edges(n, (ku, kv, kw), (xu, xv, xw))
 
 
 def _merge_edges(
