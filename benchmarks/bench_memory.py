@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.bench_library import memory, single_photos
 from imgclusterd.config import Config
 from imgclusterd.pipeline import Pipeline
@@ -292,6 +294,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             ("forests (ClusterIndex)", lambda: setattr(pipeline, "_indexes", {})),
             ("catalog + explorer caches", catalog_and_explorer),
         ]
+        result["arrays"] = _arrays_by_part(pipeline)
         before, live = _trim(), _live()
         for name, drop in drops:
             drop()
@@ -307,6 +310,60 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if key in result:
             result[key] = round(result[key], 1)
     return result
+
+
+def _array_bytes(obj: Any, seen: set[int], depth: int = 0) -> int:
+    """The bytes of the numpy arrays ``obj`` holds (through attributes, dicts, lists and
+    tuples), each array's memory counted once across calls sharing ``seen``."""
+    if depth > 6 or id(obj) in seen or isinstance(obj, (str, bytes, int, float)):
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        owner = obj if obj.base is None else obj.base
+        if owner is not obj and id(owner) in seen:
+            return 0
+        seen.add(id(owner))
+        return int(getattr(owner, "nbytes", obj.nbytes))
+    if isinstance(obj, dict):
+        items: Any = list(obj.values())
+        if items and not isinstance(items[0], (np.ndarray, dict, list, tuple)) and not hasattr(
+            items[0], "__dict__"
+        ):
+            return 0  # a dict of plain values (paths, positions): no arrays in it
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif hasattr(obj, "__dict__") or hasattr(obj, "__slots__"):
+        names = list(getattr(obj, "__dict__", {})) + list(getattr(obj, "__slots__", ()))
+        items = [getattr(obj, name, None) for name in names]
+    else:
+        return 0
+    return sum(_array_bytes(item, seen, depth + 1) for item in items)
+
+
+def _arrays_by_part(pipeline: Pipeline) -> dict[str, float]:
+    """MB of numpy arrays each kept structure holds, by attribute (first owner counts a
+    shared array): the forests, then what the per-algorithm states add to them."""
+    seen: set[int] = set()
+    parts: dict[str, int] = {}
+
+    def add(name: str, value: Any) -> None:
+        parts[name] = parts.get(name, 0) + _array_bytes(value, seen)
+
+    for index in pipeline._indexes.values():
+        for name, value in vars(index).items():
+            add(f"forests.{name}", value)
+    for state in pipeline._states.values():
+        for name, value in vars(state).items():
+            if name == "sweep" and value is not None:
+                for sweep_name, sweep_value in vars(value).items():
+                    add(f"states.sweep.{sweep_name}", sweep_value)
+            else:
+                add(f"states.{name}", value)
+    writer = pipeline.writer
+    if writer is not None:
+        add("writer.model", writer._model)
+        add("writer.refs", writer._refs)
+    return {k: round(v / 2**20, 1) for k, v in sorted(parts.items()) if v >= 2**16}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ from .names import (
 __all__ = [
     "DIGEST_LEN",
     "LEAF_ROWS",
+    "RAW_DIGEST",
     "LeafMemo",
     "LeafSum",
     "OutputTree",
@@ -65,12 +66,14 @@ __all__ = [
     "ThresholdModel",
     "add_links",
     "generation_digest",
+    "hex_digests",
     "leaf_digest",
     "leaf_rows",
     "object_digest",
     "plan_algorithm",
     "plan_tree",
     "plans_alive",
+    "raw_digests",
     "row_digests",
     "split_extra_files",
     "tree_algorithms",
@@ -167,11 +170,24 @@ class LeafSum:
 
 LeafSum.EMPTY = LeafSum(0, 0)
 
+#: A digest's raw bytes as a numpy ``S`` item: compared and sorted as bytes, and read back only
+#: through ``tobytes()`` (:func:`hex_digests`), as reading one item drops trailing NULs.
+RAW_DIGEST = np.dtype(f"S{DIGEST_LEN // 2}")
 #: A threshold folder's clusters, one row each in number order (see :class:`ThresholdModel`):
-#: the leaf's set hash in two halves and its digest (ASCII hex: numpy's ``S`` type drops only
-#: trailing NULs, which hex never holds). Its link count is the cluster's size.
-LEAF_ROWS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("digest", f"S{DIGEST_LEN}")])
+#: the leaf's set hash in two halves and its digest. Its link count is the cluster's size.
+LEAF_ROWS = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("digest", RAW_DIGEST)])
 _LOW = (1 << 64) - 1
+
+
+def raw_digests(digests: Iterable[str]) -> np.ndarray:
+    """Hex digests as a :data:`RAW_DIGEST` array."""
+    return np.frombuffer(bytes.fromhex("".join(digests)), RAW_DIGEST).copy()
+
+
+def hex_digests(raw: np.ndarray) -> list[str]:
+    """A :data:`RAW_DIGEST` array's digests in hex."""
+    text = np.ascontiguousarray(raw).tobytes().hex()
+    return [text[i : i + DIGEST_LEN] for i in range(0, len(text), DIGEST_LEN)]
 
 
 def leaf_rows(leaves: Sequence[LeafSum]) -> np.ndarray:
@@ -180,13 +196,13 @@ def leaf_rows(leaves: Sequence[LeafSum]) -> np.ndarray:
     if leaves:
         rows["hi"] = [leaf.total >> 64 for leaf in leaves]
         rows["lo"] = [leaf.total & _LOW for leaf in leaves]
-        rows["digest"] = [leaf.digest for leaf in leaves]
+        rows["digest"] = raw_digests(leaf.digest for leaf in leaves)
     return rows
 
 
 def row_digests(rows: np.ndarray) -> list[str]:
-    """The digests of some :data:`LEAF_ROWS`, as str."""
-    return rows["digest"].astype(f"U{DIGEST_LEN}").tolist()
+    """The digests of some :data:`LEAF_ROWS`, in hex."""
+    return hex_digests(rows["digest"])
 
 
 def add_links(leaf: LeafSum, links: Iterable[tuple[str, str]], sign: int = 1) -> LeafSum:
@@ -265,11 +281,11 @@ class ThresholdModel:
         """Cluster ``number``'s leaf (from 1)."""
         row = self.leaves[number - 1]
         total = (int(row["hi"]) << 64) | int(row["lo"])
-        return LeafSum.known(int(self.sizes[number - 1]), total, row["digest"].decode())
+        return LeafSum.known(int(self.sizes[number - 1]), total, self.leaf_digest(number))
 
     def leaf_digest(self, number: int) -> str:
         """Cluster ``number``'s leaf digest (from 1)."""
-        return self.leaves["digest"][number - 1].decode()
+        return row_digests(self.leaves[number - 1 : number])[0]
 
     def same_as(self, other: ThresholdModel) -> bool:
         """The same folder (same threshold, entries and unclustered folder)."""
