@@ -641,12 +641,17 @@ class _Labelling:
     side's -- its other edges are old ones (see :mod:`imgclusterd.cluster`), so the old
     components are new components or parts of one through an added photo."""
 
-    def __init__(self, state: SweepState, carry: SweepState | None = None) -> None:
+    def __init__(
+        self, state: SweepState, carry: SweepState | None = None, removed: np.ndarray = _EMPTY
+    ) -> None:
         self.state = state
         self.t: int | None = None  # lowest threshold that needed labels, then the last
         self.labels = _EMPTY
         self.done = 0
         self.carry = carry
+        # With ``carry``: the old side's vertices that this side lacks (photos only removed;
+        # the others keep their order), or none (photos only added).
+        self.removed = removed
         self._touching: np.ndarray | None = None
 
     def wanted(self, t: int) -> bool:
@@ -678,6 +683,27 @@ class _Labelling:
         self.t, self.done = t, k
         return self.labels
 
+    def _carried_removal(self, t: int, old: SweepState) -> np.ndarray | None:
+        """Photos only removed, each with at most one old forest edge <= ``t`` (a leaf there,
+        as a photo added last often is): no component at ``t`` falls apart, so this side's
+        labels are the old ones without the removed photos'. None otherwise."""
+        start, _, weight = old.adjacency()
+        for r in self.removed.tolist():
+            a, b = int(start[r]), int(start[r + 1])
+            if b - a > 1 and int(weight[a + 1]) <= t:  # lightest first: a second edge <= t
+                return None
+        labels = np.delete(old.labelled[t], self.removed)
+        n = len(labels)
+        present = np.zeros(old.n, dtype=bool)
+        present[labels] = True
+        high = np.flatnonzero(present[n:]) + n
+        if len(high):  # label values must stay below n (they index arrays of n)
+            mapping = np.arange(old.n, dtype=labels.dtype)
+            mapping[high] = np.flatnonzero(~present[:n])[: len(high)]
+            labels = mapping[labels]
+        self.state.labelled[t] = labels
+        return labels
+
     def touching(self) -> np.ndarray:
         """The forest's edges (indices) that touch a vertex the ``carry`` side lacks."""
         if self._touching is None:
@@ -690,6 +716,8 @@ class _Labelling:
         old = self.carry
         if old is None or t not in old.labelled:
             return None
+        if len(self.removed):
+            return self._carried_removal(t, old)
         f, n_old = self.state.forest, old.n
         touching = self.touching()
         touching = touching[f.w[touching] <= t]
@@ -759,7 +787,17 @@ def sweep_delta_from(
     # Photos only added, old vertices kept their numbers: every old component is inside one
     # new component (see _changes_added).
     added_only = not len(a_hot) and new.n >= old.n and np.array_equal(new.keys[: old.n], old.keys)
-    labellings = (_Labelling(old), _Labelling(new, old if added_only else None))
+    # Photos only removed, the others in their order: the new side's labels may come from the
+    # old side's (see _Labelling).
+    removed_only = (
+        not len(b_hot) and len(a_hot) > 0 and new.n == old.n - len(a_hot)
+        and np.array_equal(np.delete(old.keys, a_hot), new.keys)
+    )  # fmt: skip
+    labellings = (
+        _Labelling(old),
+        _Labelling(new, old if added_only or removed_only else None,
+                   a_hot if removed_only else _EMPTY),
+    )  # fmt: skip
 
     # Below the lightest edge of a changed image every changed image is a single on its side
     # and nothing else differs (see sweep_delta).
