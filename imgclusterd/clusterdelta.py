@@ -823,8 +823,11 @@ def sweep_delta_from(
             )
             continue
         if local is None or t >= local.escape:
-            local = _changes_at(t, old, new, survivors, cap, labellings,
-                                a_hot, b_hot, a_touch, b_touch, added_only)  # fmt: skip
+            if removed_only and (labellings[0].wanted(t) or t in old.labelled):
+                local = _changes_removed(t, old, new, labellings, a_hot)
+            else:
+                local = _changes_at(t, old, new, survivors, cap, labellings,
+                                    a_hot, b_hot, a_touch, b_touch, added_only)  # fmt: skip
         result[t] = _numbered(t, local, old, new, before, after, memo)
     new.numbering = after
     for state in (old, new):  # cheap to make again; the adjacency is what is worth keeping
@@ -1031,6 +1034,92 @@ def _changes_added(
         added = added[np.lexsort((added, new.ranks[added]))]  # rank order
         changes.append((j, kind, None if base is None else comp_of[base], new.keys[added],
                         _EMPTY))  # fmt: skip
+    return _Local(
+        escape=escape,
+        a_comps=a_comps,
+        b_comps=b_comps,
+        changes=changes,
+        gone=gone,
+        unclustered_added=_concat(unclustered_added),
+        unclustered_removed=_concat(unclustered_removed),
+        singles=sum(size == 1 for _, size in b_comps) - sum(size == 1 for _, size in a_comps),
+    )
+
+
+def _changes_removed(
+    t: int,
+    old: SweepState,
+    new: SweepState,
+    labellings: tuple[_Labelling, _Labelling],
+    a_hot: np.ndarray,
+) -> _Local:
+    """:func:`_changes_at` when photos were only removed (the others keep their order) and the
+    old side's labels at ``t`` are at hand: no member list of a giant component, no walk.
+
+    Why it holds: the new graph is the old one without the removed photos, so every new
+    component lies inside one old component; the changed old components are those of the
+    removed photos, the changed new ones the pieces of their survivors. The old forest inside
+    such a component is a tree: without the removed photos it falls into subtrees, each holding
+    an old forest neighbour of a removed photo, and each piece is a union of them -- so the
+    pieces are the new components of those neighbours."""
+    la = labellings[0].at(t)
+    lb = labellings[1].at(t)
+    escape = _NEVER
+    for labelling in labellings:
+        w, k = labelling.state.forest.w, labelling.done
+        if k < len(w):
+            escape = min(escape, int(w[k]))
+    gone_old = np.zeros(old.n, dtype=bool)
+    gone_old[a_hot] = True
+    remap = np.cumsum(~gone_old) - 1  # old vertex -> new vertex (survivors)
+    kept = np.flatnonzero(~gone_old)  # new vertex -> old vertex
+    start, neighbour, weight = old.adjacency()
+    a_comps: list[tuple[int, int]] = []
+    b_comps: list[tuple[int, int]] = []
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
+    gone: list[tuple[int, str]] = []
+    unclustered_added: list[np.ndarray] = []
+    unclustered_removed: list[np.ndarray] = []
+    hot_labels = la[a_hot]
+    for label in np.unique(hot_labels).tolist():
+        members = np.flatnonzero(la == label)
+        i = len(a_comps)
+        a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
+        if len(members) < 2:  # a removed photo alone
+            unclustered_removed.append(old.keys[members])
+            continue
+        near: list[int] = []
+        for r in a_hot[hot_labels == label].tolist():
+            a, b = int(start[r]), int(start[r + 1])
+            near += [y for y, w in zip(neighbour[a:b].tolist(), weight[a:b].tolist(),
+                                       strict=True) if w <= t and not gone_old[y]]  # fmt: skip
+        pieces: list[tuple[int, np.ndarray]] = []  # (new label, new members)
+        for piece in np.unique(lb[remap[np.array(near, dtype=np.int64)]]).tolist():
+            inside = np.flatnonzero(lb == piece)
+            j = len(b_comps)
+            b_comps.append((int(inside[np.argmin(new.ranks[inside])]), len(inside)))
+            pieces.append((j, inside))
+        clustered = [(j, inside) for j, inside in pieces if len(inside) >= 2]
+        for _, inside in pieces:
+            if len(inside) < 2:  # a survivor alone now
+                unclustered_added.append(new.keys[inside])
+        if not clustered:
+            gone.append((i, "removed"))
+            continue
+        gone.append((i, "split" if len(pieces) >= 2 else "changed"))
+        kind = "split" if len(pieces) >= 2 else "changed"
+        # The base: the largest piece (ties: its first member's rank); the others are new.
+        base_j, base_members = min(clustered, key=lambda c: (-len(c[1]),
+                                                           new.rank_key(b_comps[c[0]][0])))
+        for j, inside in clustered:
+            if j != base_j:
+                changes.append((j, kind, None, new.keys[inside[np.argsort(
+                    new.ranks[inside], kind="stable")]], _EMPTY))  # fmt: skip
+        stays = np.zeros(old.n, dtype=bool)
+        stays[kept[base_members]] = True
+        left = members[~stays[members]]
+        left = left[np.lexsort((left, old.ranks[left]))]  # rank order
+        changes.append((base_j, kind, i, new.keys[_EMPTY], old.keys[left]))
     return _Local(
         escape=escape,
         a_comps=a_comps,
