@@ -216,12 +216,19 @@ def _apply(
         # An entry whose target stays and whose name changes (a renumbered cluster) is
         # renamed, not made again: targets are unique within a threshold folder.
         was_named = dict(zip(removed.values(), removed, strict=True))  # target -> name
-        moved = {name: was_named[target] for name, target in added.items() if target in was_named}
+        links: dict[str, str] = {}
+        moved: dict[str, str] = {}
+        for name, target in added.items():  # (one pass: ~20,000 entries at 20,000 photos)
+            source = was_named.get(target)
+            if source is None:
+                links[name] = target
+            else:
+                moved[name] = source
         renamed = set(moved.values())
         objects.setdefault(
             model.digest,
             PlannedObject(
-                {name: target for name, target in added.items() if name not in moved},
+                links,
                 1,
                 (algo, "t", t),
                 base=old.digest,
