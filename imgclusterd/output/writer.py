@@ -329,6 +329,7 @@ class OutputWriter:
         self._model, self._model_generation = model, report.generation
         self._algo_digests = algo_digests
         self._refs.set_counts(counts)
+        self._lineage = self._lineage_in_reach()
         report.planned = "delta"
         if report.swapped and self.keep_generations == 2:
             # The generation it replaced is released once past its grace. (With more kept,
@@ -598,6 +599,46 @@ class OutputWriter:
             log.warning("could not collect old output generations: %s", exc)
             self._walk_next = True
             return 0
+
+    def _lineage_in_reach(self) -> dict[str, tuple[int, str, bytes]]:
+        """The remembered patches a later patch can still follow: from each folder of the
+        current tree that was patched, back through its bases up to the first one in
+        ``pool/`` (where :meth:`_patch` starts from; it never walks past it), or up to the
+        last one still in ``objects/`` (retired into ``pool/`` later), at most
+        ``_LINEAGE_DEPTH`` steps.
+
+        Why: a +1 renumbers clusters of most threshold folders (100,000 photos: ~100,000
+        renamed entries a write), and the steps of every patch of the last writes were kept
+        whether or not anything could reach them: folders gone from the tree, and chains
+        whose older folders are deleted. The rest is dropped.
+        """
+        lineage = self._lineage
+        if not lineage:
+            return lineage
+        try:
+            pooled = {entry.split("~", 1)[0] for entry in os.listdir(self._area.pool)}
+        except OSError:  # (no pool to look at: keep them all, as before)
+            return lineage
+        kept: dict[str, tuple[int, str, bytes]] = {}
+        for digest in lineage:
+            if self._refs.get(digest) <= 0:
+                continue  # not a folder of the current tree: nothing patches from it
+            chain: list[tuple[str, tuple[int, str, bytes]]] = []
+            useful = 0  # the steps up to a base that is, or may become, a source
+            while digest in lineage and len(chain) <= _LINEAGE_DEPTH:
+                if digest in kept:  # (the rest of this chain was followed already)
+                    useful = len(chain)
+                    break
+                entry = lineage[digest]
+                chain.append((digest, entry))
+                if entry[1] in pooled:
+                    useful = len(chain)
+                    break
+                if os.path.isdir(os.path.join(self._area.objects, entry[1])):
+                    useful = len(chain)
+                digest = entry[1]
+            kept.update(chain[:useful])
+        return kept
 
     def _ancestors_kept(self, entries: set[str]) -> set[str]:
         """Of these unused pool entries, the nearest retired ancestors of live folders: kept
