@@ -383,7 +383,10 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 #
 # - the changed components are found by walking the two forests from the changed vertices
 #   along edges <= t (their size, not N); a walk that grows past a share of N (a giant cluster
-#   at the top thresholds) labels that side once instead;
+#   at the top thresholds) labels that side once instead, and the labels are kept for the next
+#   refresh; a refresh that only added or only removed photos then answers a giant component
+#   from the two sides' labels and the changed photos' forest edges (_changes_added,
+#   _changes_removed), without listing its members;
 # - cluster numbers come from the previous sweep's Numbering: the unchanged clusters keep their
 #   relative order (size, then first path), so the changed ones are taken out and put back
 #   with binary searches, and the numbers in between are the renumbered ones.
