@@ -270,8 +270,9 @@ def _threshold_diff(
             row_digests(now[at]),
             strict=True,
         ):
-            removed[cluster_name(p, was_size)] = "../" + was_digest
-            added[cluster_name(p, now_size)] = "../" + now_digest
+            name = cluster_name(p, was_size)  # (a renumbered cluster's size mostly stays)
+            removed[name] = "../" + was_digest
+            added[name if now_size == was_size else cluster_name(p, now_size)] = "../" + now_digest
         gone = slice(both, max(both, min(stop, n_old)))  # clusters only the old side has
         for p, size, digest in zip(
             range(gone.start + 1, gone.stop + 1),
