@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1622,3 +1623,34 @@ def test_the_lineage_keeps_only_patches_a_later_patch_can_reach(tmp_path: Path) 
     folders = sum(len(f.clusters) + 1 for sweep in tree.values() for f in sweep)
     assert max(sizes[4:]) <= max(sizes[:4]), sizes  # bounded, not one write's worth more each
     assert sizes[-1] <= 2 * folders, (sizes, folders)
+
+
+def test_a_compacted_model_patches_as_the_full_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's model keeps each algorithm's distinct leaves in a table that deltas only
+    append to, and compacts it once it doubled: the writes after a compaction give the same
+    folders as before (the delta plans read sizes, leaves and their digests from it)."""
+    from imgclusterd.output import plan
+
+    monkeypatch.setattr(plan, "_COMPACT_MIN", 0)  # compacted as soon as a table doubles
+    links, output, clock, writer, tree, _, _ = _thirty_of_forty(tmp_path)
+    model = writer._model  # (private: the model the delta plans start from)
+    assert model is not None
+    tables = {algo: sweep[0].table for algo, sweep in model.algorithms.items()}
+    for i, photo in enumerate(links[30:]):
+        clock.now += 20
+        writer.prepare_spares(lambda: False)
+        new = (_with_unclustered if i % 3 == 2 else _with_clustered)(tree, photo)
+        writer.write_delta(delta_between(tree, new))
+        tree = new
+        assert read_tree(str(output)) == expected(tree)
+    model = writer._model
+    assert model is not None
+    compacted = [algo for algo, sweep in model.algorithms.items()
+                 if sweep[0].table is not tables[algo]]  # fmt: skip
+    assert compacted, "no table was compacted: the test did not test it"
+    for sweep in model.algorithms.values():
+        assert len({id(m.table) for m in sweep}) == 1  # one table per algorithm
+        used = np.unique(np.concatenate([m.leaves for m in sweep]))
+        assert sweep[0].table.n <= 2 * len(used) + 16  # garbage rows do not pile up

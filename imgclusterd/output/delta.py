@@ -31,12 +31,12 @@ import numpy as np
 from .names import Link, check_name, cluster_name, threshold_name, unclustered_name
 from .plan import (
     LeafSum,
+    LeafTable,
     Plan,
     PlannedObject,
     Role,
     ThresholdModel,
     add_links,
-    leaf_rows,
     object_digest,
     raw_digests,
     row_digests,
@@ -127,6 +127,8 @@ def plan_delta(
         updated = list(thresholds)
         for t, patch in sorted(changes.items()):
             updated[position[t]] = _apply(algo, thresholds[position[t]], patch, objects)
+        if updated and updated[0].table.n >= updated[0].table.compact_at:
+            updated = _compacted(updated)
         files = algo_files.get(algo, {})
         new_model.algorithms[algo] = updated
         new_model.algo_files[algo] = files
@@ -202,7 +204,7 @@ def _apply(
         if not 1 <= number <= len(sizes) + 1:
             raise ValueError(f"{algo} t={t}: cluster number {number} out of range")
         sizes = np.insert(sizes, number - 1, size)
-        leaves = np.insert(leaves, number - 1, leaf_rows([leaf]))
+        leaves = np.insert(leaves, number - 1, old.table.append([leaf]))
     if len(sizes) != patch.clusters:
         raise ValueError(f"{algo} t={t}: {len(sizes)} clusters planned, {patch.clusters} expected")
     # The threshold folder is a patch of the old one too: only the entries whose number,
@@ -211,7 +213,7 @@ def _apply(
     changed = [number for number in (*gone, *(f.number for f in patch.patches)) if number]
     removed, added = _threshold_diff(old, sizes, leaves, unclustered, changed)
     total = add_links(add_links(old.entries, removed.items(), -1), added.items(), +1)
-    model = ThresholdModel(t, sizes, leaves, unclustered, total)
+    model = ThresholdModel(t, sizes, leaves, unclustered, total, old.table)
     if model.digest != old.digest:
         # An entry whose target stays and whose name changes (a renumbered cluster) is
         # renamed, not made again: targets are unique within a threshold folder.
@@ -240,10 +242,28 @@ def _apply(
     return model
 
 
+def _compacted(models: Sequence[ThresholdModel]) -> list[ThresholdModel]:
+    """``models`` (one algorithm's, one table) on a new table of the rows they use: each +1
+    appends its new leaves to the table and leaves the rows of the ones gone behind."""
+    used = np.unique(np.concatenate([m.leaves for m in models]))
+    table = LeafTable(models[0].table.rows[used])
+    return [
+        ThresholdModel(
+            m.threshold,
+            m.sizes,
+            np.searchsorted(used, m.leaves).astype(np.int32),
+            m.unclustered,
+            m.entries,
+            table,
+        )
+        for m in models
+    ]
+
+
 def _threshold_diff(
     old: ThresholdModel,
     sizes: np.ndarray,
-    leaves: np.ndarray,
+    leaves: np.ndarray,  # rows in old.table
     unclustered: LeafSum,
     changed: Sequence[int],
 ) -> tuple[dict[str, str], dict[str, str]]:
@@ -255,19 +275,21 @@ def _threshold_diff(
         n_old, n_new = len(old.sizes), len(sizes)
         stop = max(changed) if n_old == n_new else max(n_old, n_new)
         # Positions on both sides: compared as arrays (a +1 at 20,000 photos renumbers
-        # ~20,000 clusters here), named where size or leaf differ, in number order.
+        # ~20,000 clusters here), named where size or leaf differ, in number order. (Both
+        # sides' rows are in one table; a leaf appended again has another row: compared.)
         both = max(start, min(stop, n_old, n_new))
         was_sizes, now_sizes = old.sizes[start:both], sizes[start:both]
-        was, now = old.leaves[start:both], leaves[start:both]
-        at = np.flatnonzero(
-            (was_sizes != now_sizes) | (was["lo"] != now["lo"]) | (was["hi"] != now["hi"])
-        )
+        differ = (was_sizes != now_sizes) | (old.leaves[start:both] != leaves[start:both])
+        at = np.flatnonzero(differ)
+        was, now = old.table.rows[old.leaves[start + at]], old.table.rows[leaves[start + at]]
+        real = (was_sizes[at] != now_sizes[at]) | (was[["hi", "lo"]] != now[["hi", "lo"]])
+        at, was, now = at[real], was[real], now[real]
         for p, was_size, was_digest, now_size, now_digest in zip(
             (at + start + 1).tolist(),
             was_sizes[at].tolist(),
-            row_digests(was[at]),
+            row_digests(was),
             now_sizes[at].tolist(),
-            row_digests(now[at]),
+            row_digests(now),
             strict=True,
         ):
             name = cluster_name(p, was_size)  # (a renumbered cluster's size mostly stays)
@@ -277,7 +299,7 @@ def _threshold_diff(
         for p, size, digest in zip(
             range(gone.start + 1, gone.stop + 1),
             old.sizes[gone].tolist(),
-            row_digests(old.leaves[gone]),
+            row_digests(old.rows(gone)),
             strict=True,
         ):
             removed[cluster_name(p, size)] = "../" + digest
@@ -285,7 +307,7 @@ def _threshold_diff(
         for p, size, digest in zip(
             range(new.start + 1, new.stop + 1),
             sizes[new].tolist(),
-            row_digests(leaves[new]),
+            row_digests(old.table.rows[leaves[new]]),
             strict=True,
         ):
             added[cluster_name(p, size)] = "../" + digest
@@ -369,7 +391,7 @@ def positions(model: TreeModel, algo_digests: Mapping[str, str]) -> RefCounts:
     parts = [raw_digests(algo_digests.values())]
     for thresholds in model.algorithms.values():
         parts.append(raw_digests(d for m in thresholds for d in (m.digest, m.unclustered.digest)))
-        parts += [m.leaves["digest"] for m in thresholds]
+        parts += [m.rows(slice(None))["digest"] for m in thresholds]
     return RefCounts(np.concatenate(parts))
 
 
