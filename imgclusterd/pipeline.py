@@ -1080,8 +1080,11 @@ class Pipeline:
             flat = set(self.store.flat_images())
             for file_id in missing:
                 record = records[file_id]
-                cache[file_id] = _explorer_photo(self.images, record.path, record.digest,
-                                                 thumbs, flat)
+                # (the catalog's str of the path, not the record's equal copy: one per photo)
+                path = self.catalog.paths.get(file_id)
+                if path != record.path:
+                    path = record.path
+                cache[file_id] = _explorer_photo(self.images, path, record.digest, thumbs, flat)
         photos = [cache[file_id] for file_id in ids]
         algorithms = [
             ExplorerAlgorithm(name=a.name, thresholds=a.thresholds,

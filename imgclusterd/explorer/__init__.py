@@ -73,13 +73,15 @@ class EdgeList(Protocol):
     def w(self) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExplorerPhoto:
     """One photo as the page shows it.
 
     ``path``: relative to the images folder (shown, filtered on, and the tie-break rank of the
     tree's numbering); ``target``: the original's absolute path (what a thumbnail links to);
     ``thumbnail``: absolute path of an existing thumbnail, or None (a placeholder is shown).
+    Slotted: the daemon keeps one per photo between refreshes, and the instance dict cost
+    ~290 bytes more each (~29 MB at 100,000 photos).
     """
 
     path: str
