@@ -221,7 +221,10 @@ class Daemon:
 
     def _new_pipeline(self) -> Pipeline:
         publish = self._publish if self.config.output_mode == "mount" else None
-        return Pipeline(self.config, stop=self.stop, progress=self._progress, publish=publish)
+        pipeline = Pipeline(self.config, stop=self.stop, progress=self._progress, publish=publish)
+        if pipeline.writer is not None:
+            pipeline.writer.purge_in_idle = True  # (the idle jobs purge what a write left)
+        return pipeline
 
     def _publish(self, snapshot: Any) -> None:
         if self.mount is not None:

@@ -1654,3 +1654,33 @@ def test_a_compacted_model_patches_as_the_full_one(
         assert len({id(m.table) for m in sweep}) == 1  # one table per algorithm
         used = np.unique(np.concatenate([m.leaves for m in sweep]))
         assert sweep[0].table.n <= 2 * len(used) + 16  # garbage rows do not pile up
+
+
+@pytest.mark.parametrize("in_idle", [False, True], ids=["scan", "daemon"])
+def test_a_whole_tree_write_leaves_the_old_pool_to_idle_time_in_the_daemon(
+    tmp_path: Path, in_idle: bool
+) -> None:
+    """The first write after a start finds the last run's pool (spares, retired folders).
+    A one-shot scan purges it before it returns; the daemon (``purge_in_idle``) swaps the
+    new generation in first and purges in idle time (at 100,000 photos the purge held the
+    first refresh up by up to 686 s)."""
+    rng, links, output, clock, writer, first = written_chain(tmp_path, 3)
+    tree = list(delta_steps(writer, first, links, rng, clock, 3))[-1]
+    writer.prepare_spares(lambda: False)  # spares of what the last write changed
+    pool = area_path(output) / "pool"
+    before = set(os.listdir(pool))
+    assert before, "nothing pooled: the test would not test anything"
+    restarted = OutputWriter(output, grace_seconds=0.0, clock=clock, recycle_min=4)
+    restarted.purge_in_idle = in_idle
+    clock.now += 1
+    restarted.write(mutate(tree, links, rng))
+    left = set(os.listdir(pool)) & before
+    if not in_idle:
+        assert not left
+        return
+    assert left  # not purged by the write
+    assert restarted.prepare_spares(lambda: True) == 0  # an event waiting: nothing done
+    assert set(os.listdir(pool)) & before == left
+    restarted.prepare_spares(lambda: False)
+    assert not set(os.listdir(pool)) & before
+    assert_collected(output)

@@ -143,6 +143,11 @@ class OutputWriter:
         # Pool entries a delta write found and did not use: deleted in idle time (a leaf
         # costs one unlink per entry: not something a refresh should wait for).
         self._purge_later: set[str] = set()
+        # A whole-tree write's too (the daemon, whose idle time purges; a one-shot scan
+        # purges before it returns). Why: the first write after a start finds the pool of the
+        # last run (spares and retired folders of up to every photo each), and purged there
+        # it held the first refresh up (100,000 photos: 52-686 s of a 814-2,268 s write).
+        self.purge_in_idle = False
         # patch object -> (write number, base, names removed, links added): how to bring a
         # retired ancestor of a folder forward to it (see _patch). Kept for a few writes.
         self._lineage: dict[str, tuple[int, str, bytes]] = {}  # (the step: pack_step)
@@ -403,7 +408,7 @@ class OutputWriter:
                     self._swapped_at[name] = self.clock()
                 gc_started = time.perf_counter()
                 unused = pool_before & set(os.listdir(area.pool))
-                if not purge_now:
+                if not purge_now or self.purge_in_idle:
                     self._purge_later |= unused - self._ancestors_kept(unused)
                     unused = set()
                 try:
