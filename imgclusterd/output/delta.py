@@ -353,11 +353,20 @@ class RefCounts:
         return len(self._keys)
 
     def get(self, digest: str, default: int = 0) -> int:
-        key = raw_digests([digest])[0]
-        at = int(np.searchsorted(self._keys, key))
-        if at < len(self._keys) and self._keys[at] == key:
-            return int(self._counts[at])
-        return default
+        return self.counts([digest], default)[0]
+
+    def counts(self, digests: Sequence[str], default: int = 0) -> list[int]:
+        """The counts of ``digests``, in one search (a write asks for a few thousand: one
+        numpy search each cost ~18 us)."""
+        if not digests:
+            return []
+        keys = raw_digests(digests)
+        at = np.searchsorted(self._keys, keys)
+        found = at < len(self._keys)
+        found[found] = self._keys[at[found]] == keys[found]
+        values = np.full(len(keys), default, dtype=np.int64)
+        values[found] = self._counts[at[found]]
+        return values.tolist()
 
     def set_counts(self, counts: Mapping[str, int]) -> None:
         """Set these objects' counts; a count of 0 or less forgets the object."""

@@ -315,7 +315,8 @@ class OutputWriter:
         # Its record: the objects whose last place it empties, the ones it gives a first.
         algo_digests = _algo_digests(plan)
         changes = position_changes(self._model, model, delta, self._algo_digests, algo_digests)
-        counts = {digest: self._refs.get(digest, 0) for digest, _, _, _ in changes}
+        changed = list(dict.fromkeys(digest for digest, _, _, _ in changes))
+        counts = dict(zip(changed, self._refs.counts(changed), strict=True))
         before = dict(counts)
         record = Record(self._model_generation)
         for digest, sign, level, role in changes:
@@ -625,8 +626,9 @@ class OutputWriter:
         except OSError:  # (no pool to look at: keep them all, as before)
             return lineage
         kept: dict[str, tuple[int, str, bytes]] = {}
-        for digest in lineage:
-            if self._refs.get(digest) <= 0:
+        patched = list(lineage)
+        for digest, count in zip(patched, self._refs.counts(patched), strict=True):
+            if count <= 0:
                 continue  # not a folder of the current tree: nothing patches from it
             chain: list[tuple[str, tuple[int, str, bytes]]] = []
             useful = 0  # the steps up to a base that is, or may become, a source
