@@ -966,6 +966,42 @@ def _changes_at(
     )
 
 
+def _labels_at(
+    t: int, labellings: tuple[_Labelling, _Labelling]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Both sides' labels at ``t`` and the escape: the lightest edge either labelling has
+    not merged yet once labelled there (for the label-based paths below)."""
+    la, lb = labellings[0].at(t), labellings[1].at(t)  # (first: they merge edges up to t)
+    escape = _NEVER
+    for labelling in labellings:
+        w, k = labelling.state.forest.w, labelling.done
+        if k < len(w):
+            escape = min(escape, int(w[k]))
+    return la, lb, escape
+
+
+def _labelled_local(
+    escape: int,
+    a_comps: list[tuple[int, int]],
+    b_comps: list[tuple[int, int]],
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]],
+    gone: list[tuple[int, str]],
+    unclustered_added: list[np.ndarray],
+    unclustered_removed: list[np.ndarray],
+) -> _Local:
+    """The :class:`_Local` of a label-based path (sizes from the components found)."""
+    return _Local(
+        escape=escape,
+        a_comps=a_comps,
+        b_comps=b_comps,
+        changes=changes,
+        gone=gone,
+        unclustered_added=_concat(unclustered_added),
+        unclustered_removed=_concat(unclustered_removed),
+        singles=sum(size == 1 for _, size in b_comps) - sum(size == 1 for _, size in a_comps),
+    )
+
+
 def _changes_added(
     t: int,
     old: SweepState,
@@ -984,13 +1020,7 @@ def _changes_added(
     splits, and nothing is removed from a base). The new forest's edges between old photos are
     old edges, so each old component inside a new one is linked to an added photo of it by an
     edge <= ``t``: the old components are found from the added photos' edges."""
-    la = labellings[0].at(t)
-    lb = labellings[1].at(t)
-    escape = _NEVER
-    for labelling in labellings:
-        w, k = labelling.state.forest.w, labelling.done
-        if k < len(w):
-            escape = min(escape, int(w[k]))
+    la, lb, escape = _labels_at(t, labellings)
     n_old = old.n
     touching = labellings[1].touching()
     f = new.forest
@@ -1037,16 +1067,8 @@ def _changes_added(
         added = added[np.lexsort((added, new.ranks[added]))]  # rank order
         changes.append((j, kind, None if base is None else comp_of[base], new.keys[added],
                         _EMPTY))  # fmt: skip
-    return _Local(
-        escape=escape,
-        a_comps=a_comps,
-        b_comps=b_comps,
-        changes=changes,
-        gone=gone,
-        unclustered_added=_concat(unclustered_added),
-        unclustered_removed=_concat(unclustered_removed),
-        singles=sum(size == 1 for _, size in b_comps) - sum(size == 1 for _, size in a_comps),
-    )
+    return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
+                           unclustered_removed)  # fmt: skip
 
 
 def _changes_removed(
@@ -1065,13 +1087,7 @@ def _changes_removed(
     such a component is a tree: without the removed photos it falls into subtrees, each holding
     an old forest neighbour of a removed photo, and each piece is a union of them -- so the
     pieces are the new components of those neighbours."""
-    la = labellings[0].at(t)
-    lb = labellings[1].at(t)
-    escape = _NEVER
-    for labelling in labellings:
-        w, k = labelling.state.forest.w, labelling.done
-        if k < len(w):
-            escape = min(escape, int(w[k]))
+    la, lb, escape = _labels_at(t, labellings)
     gone_old = np.zeros(old.n, dtype=bool)
     gone_old[a_hot] = True
     remap = np.cumsum(~gone_old) - 1  # old vertex -> new vertex (survivors)
@@ -1123,16 +1139,8 @@ def _changes_removed(
         left = members[~stays[members]]
         left = left[np.lexsort((left, old.ranks[left]))]  # rank order
         changes.append((base_j, kind, i, new.keys[_EMPTY], old.keys[left]))
-    return _Local(
-        escape=escape,
-        a_comps=a_comps,
-        b_comps=b_comps,
-        changes=changes,
-        gone=gone,
-        unclustered_added=_concat(unclustered_added),
-        unclustered_removed=_concat(unclustered_removed),
-        singles=sum(size == 1 for _, size in b_comps) - sum(size == 1 for _, size in a_comps),
-    )
+    return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
+                           unclustered_removed)  # fmt: skip
 
 
 def _numbered(
