@@ -337,7 +337,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"N={n}: +{len(burst)} at once: {show(result['add_burst'])}", flush=True)
 
-        time.sleep(args.gap)
+        time.sleep(max(args.gap, args.settle))
         result["memory_end"] = idle_memory(daemon.proc.pid, args.idle_wait)
         print(f"N={n}: idle at the end: {result['memory_end']}", flush=True)
     finally:
@@ -370,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-wait", type=float, default=POOL_IDLE_SECONDS + 30.0,
                         help="seconds to wait, before reading idle memory, for the hashing "
                              f"workers to stop (they stop after {POOL_IDLE_SECONDS:.0f} s unused)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait after the last change before the idle reading at "
+                             "the end (the daemon makes spare folders, then hands its freed "
+                             "memory back, once idle: minutes at 100,000 photos)")
     parser.add_argument("--index-timeout", type=float, default=4 * 3600.0)
     parser.add_argument("--no-size", action="store_true", help="skip the output area's du/find")
     args = parser.parse_args(argv)
