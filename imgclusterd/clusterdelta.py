@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .cluster import Forest, _labels, _merge
+from .cluster import Forest, _labels, _merge, _stable_order
 
 __all__ = ["ClusterChange", "Numbering", "SweepState", "ThresholdDelta", "sweep_delta",
            "sweep_delta_from"]
@@ -510,19 +510,6 @@ class SweepState:
         if self.numbering is None or not self.numbering.covers(thresholds):
             self.numbering = _numbering(self.forest, self.keys, self.ranks, thresholds)
         return self.numbering
-
-
-def _stable_order(values: np.ndarray) -> np.ndarray:
-    """``np.argsort(values, kind="stable")`` for non-negative ints below 2**32, in O(N): numpy
-    sorts 16-bit ints stably by radix (one pass per 16 bits; a general stable sort of the 2N
-    ends of a forest's edges was ~6 ms per algorithm and refresh at 20,000 photos, 8x this)."""
-    if not len(values) or int(values.max()) >= 2**32 or int(values.min()) < 0:
-        return np.argsort(values, kind="stable")
-    order = np.argsort((values & 0xFFFF).astype(np.uint16), kind="stable")
-    if int(values.max()) < 2**16:
-        return order
-    high = (values[order] >> 16).astype(np.uint16)
-    return order[np.argsort(high, kind="stable")]
 
 
 def _numbering(

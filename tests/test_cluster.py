@@ -526,3 +526,17 @@ def test_file_id_keys_behave_as_any_other_keys(seed: int) -> None:
     ids.update({"text": b"\x00\x01"})  # a key that is not a file id: still one index
     assert ids.keys()[-1] == "text" and ids.positions["text"] == len(ids) - 1
     assert ids.keys()[:-1] == keys and all(ids.positions[k] == i for i, k in enumerate(keys))
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 2, 3, 5, 7, 8, 9, 18, 31, 32, 50])
+def test_columns_give_the_words_distances(nbytes: int) -> None:
+    """An insertion reads the packed rows through unaligned views of their byte columns (no
+    copy); every width (8-, 4-, 2- and 1-byte pieces, and none) gives the words' distances."""
+    rng = np.random.default_rng(nbytes)
+    packed = rng.integers(0, 256, (37, nbytes), dtype=np.uint8)
+    rows = np.array([0, 5, 36, 5])
+    want = cluster._distances(cluster._words(packed), rows)
+    assert np.array_equal(cluster._distances(cluster._columns(packed), rows), want)
+    cols = np.array([3, 1, 30])
+    assert np.array_equal(cluster._distances(cluster._columns(packed), rows, cols), want[:, cols])
+    assert cluster._columns(packed[:0])[0].shape == (0,)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgclusterd import clusterdelta
+from imgclusterd import cluster, clusterdelta
 from imgclusterd.cluster import ClusterIndex, Forest, sweep
 from imgclusterd.clusterdelta import (
     Numbering,
@@ -298,6 +298,6 @@ def test_stable_order_is_numpys_stable_argsort() -> None:
             if high >= 2**31 and dtype is np.int32:
                 continue
             values = rng.integers(0, high, 3000).astype(dtype)
-            assert clusterdelta._stable_order(values).tolist() == np.argsort(
+            assert cluster._stable_order(values).tolist() == np.argsort(
                 values, kind="stable").tolist()  # fmt: skip
-    assert clusterdelta._stable_order(np.empty(0, dtype=np.int32)).tolist() == []
+    assert cluster._stable_order(np.empty(0, dtype=np.int32)).tolist() == []
