@@ -18,6 +18,8 @@ in a minute or two and profiled without the write's noise. For each ``--n``:
             hashed as ``bench_library`` drops them), then ``_cluster`` with the previous
             states, timed (wall and CPU of this process).
   -1        then the first drop removed (as ``bench_library``'s delete), timed the same way.
+  rename    then the second drop moved to another name (as ``bench_library``'s rename), timed
+            the same way (needs ``--drops`` 2 or more).
 
 ``--library`` takes a library of ``bench_library`` (its ``n<N>`` folder, real JPEGs whose
 hashes are far from random: the real daemon's case) instead: its store is copied (never
@@ -128,6 +130,14 @@ def run_size(args: argparse.Namespace, n: int) -> float:
             states, wall, cpu, patches = _timed_cluster(pipeline, states, profile)
             print(f"n={n} -1: cluster {wall:.3f}s (cpu {cpu:.3f}), {patches} threshold patches",
                   flush=True)  # fmt: skip
+            if args.drops > 1:  # as bench_library's rename: a photo moved to another name
+                with pipeline.store.transaction():
+                    facts = (1, 1, 10**9 + 1, 1)
+                    pipeline.store.move(f"{_DROPS}/drop001.jpg", f"{_DROPS}/renamed001.jpg",
+                                        facts, time.time())  # fmt: skip
+                states, wall, cpu, patches = _timed_cluster(pipeline, states, profile)
+                print(f"n={n} rename: cluster {wall:.3f}s (cpu {cpu:.3f}), {patches} threshold "
+                      "patches", flush=True)  # fmt: skip
     median = statistics.median(times)
     print(f"n={n}: median {median:.3f}s over {len(times)} drops", flush=True)
     if profile is not None:

@@ -1236,9 +1236,17 @@ def _count(values: np.ndarray) -> dict[int, int]:
 
 
 def _among(vertices: np.ndarray, chosen: set[int]) -> np.ndarray:
-    if not chosen:
+    """Whether each of ``vertices`` is in ``chosen`` (a few touched photos), in numpy: the
+    vertices can be a giant component's members (a rename at 20,000 photos asked this of ~3
+    million members in Python, ~0.7 s of its ~1.1 s cluster stage)."""
+    if not chosen or not len(vertices):
         return np.zeros(len(vertices), dtype=bool)
-    return np.fromiter((v in chosen for v in vertices.tolist()), dtype=bool, count=len(vertices))
+    if len(chosen) > 8:
+        return np.isin(vertices, np.fromiter(chosen, dtype=np.int64, count=len(chosen)))
+    found = vertices == next(iter(chosen))
+    for vertex in chosen:
+        found |= vertices == vertex
+    return found
 
 
 def _concat_members(comps: list[np.ndarray]) -> np.ndarray:
