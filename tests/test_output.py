@@ -1597,10 +1597,10 @@ def test_reference_counts_follow_every_update_as_a_dict_would(
             else:
                 model.pop(key, None)
         assert len(refs) == len(model)
-        for i in range(41):
-            assert refs.get(digest(i)) == model.get(digest(i), 0)
+        every = [digest(i) for i in range(41)]
+        assert refs.counts(every) == [model.get(key, 0) for key in every]
     refs.clear()
-    assert len(refs) == 0 and refs.get(digest(0)) == 0
+    assert len(refs) == 0 and refs.counts([digest(0)]) == [0]
 
 
 def test_the_lineage_keeps_only_patches_a_later_patch_can_reach(tmp_path: Path) -> None:

@@ -352,9 +352,6 @@ class RefCounts:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def get(self, digest: str, default: int = 0) -> int:
-        return self.counts([digest], default)[0]
-
     def counts(self, digests: Sequence[str], default: int = 0) -> list[int]:
         """The counts of ``digests``, in one search (a write asks for a few thousand: one
         numpy search each cost ~18 us)."""
