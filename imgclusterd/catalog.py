@@ -101,7 +101,9 @@ class Catalog:
         """The rank (position in path order) of each file id in ``keys``."""
         if self._rank_by_id is None:
             ids = np.asarray(self._sorted_ids, dtype=np.int64)
-            table = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+            # int32: every algorithm's sweep state keeps its photos' ranks (14 x 100,000).
+            wide = np.int32 if len(ids) < 2**31 else np.int64
+            table = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=wide)
             table[ids] = np.arange(len(ids))
             self._rank_by_id = table
         found = self._rank_by_id[np.asarray(keys, dtype=np.int64)]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from imgclusterd import cluster, clusterdelta
 from imgclusterd.cluster import ClusterIndex, Forest, sweep
 from imgclusterd.clusterdelta import (
+    KeptLabels,
     Numbering,
     SweepState,
     ThresholdDelta,
@@ -301,3 +302,25 @@ def test_stable_order_is_numpys_stable_argsort() -> None:
             assert cluster._stable_order(values).tolist() == np.argsort(
                 values, kind="stable").tolist()  # fmt: skip
     assert cluster._stable_order(np.empty(0, dtype=np.int32)).tolist() == []
+
+
+def test_kept_labels_read_back_as_stored_in_two_bytes_a_vertex_where_they_fit() -> None:
+    """The labels a delta keeps come back with the same values, as int32, whatever the
+    regime: values under 65,536; more vertices but few distinct labels (a giant component
+    and small clusters: stored as indices); too many distinct labels (kept as int32)."""
+    rng = np.random.default_rng(9)
+    small = rng.integers(0, 40_000, 50_000)
+    giant = np.where(rng.random(200_000) < 0.9, 3, rng.integers(0, 200_000, 200_000))
+    singletons = rng.permutation(200_000)
+    kept = KeptLabels()
+    for t, labels in enumerate((small, giant, singletons, np.empty(0, dtype=np.int64))):
+        kept[t] = labels
+        assert kept[t].dtype == np.int32 and kept[t].tolist() == labels.tolist()
+    assert sorted(kept) == [0, 1, 2, 3] and 2 in kept and 7 not in kept
+    stored = {t: sum(a.nbytes for a in pair if a is not None) for t, pair in kept._kept.items()}
+    assert stored[0] == 2 * len(small)
+    assert stored[1] < 2 * len(giant) + 4 * 65_536  # indices, and the distinct values
+    assert stored[2] == 4 * len(singletons)
+    copy = KeptLabels(kept)
+    del copy[0]
+    assert 0 in kept and 0 not in copy and len(copy) == 3
