@@ -177,6 +177,20 @@ def idle_memory(pid: int, wait: float) -> dict[str, float]:
     return result
 
 
+def settle(log_path: Path, wait: float) -> float:
+    """Wait up to ``wait`` seconds for the daemon to log that its refreshes and idle work are
+    over (it then hands its freed memory back: the idle state a reading should see); return
+    the seconds waited. Minutes at 100,000 photos (spares, the purge of unused ones)."""
+    mark = "after refreshes and idle work"
+    before = log_path.read_text(errors="replace").count(mark)
+    tick = time.monotonic()
+    while time.monotonic() - tick < wait:
+        if log_path.read_text(errors="replace").count(mark) > before:
+            break
+        time.sleep(2.0)
+    return round(time.monotonic() - tick, 1)
+
+
 def output_size(output: Path) -> dict[str, int]:
     """Entries, inodes and bytes of the output area (all generations, objects, pool, links)."""
     area = area_path(output)
@@ -337,7 +351,9 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"N={n}: +{len(burst)} at once: {show(result['add_burst'])}", flush=True)
 
-        time.sleep(max(args.gap, args.settle))
+        time.sleep(args.gap)
+        if args.settle:
+            result["settled"] = settle(daemon.log_path, args.settle)
         result["memory_end"] = idle_memory(daemon.proc.pid, args.idle_wait)
         print(f"N={n}: idle at the end: {result['memory_end']}", flush=True)
     finally:
@@ -371,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait, before reading idle memory, for the hashing "
                              f"workers to stop (they stop after {POOL_IDLE_SECONDS:.0f} s unused)")
     parser.add_argument("--settle", type=float, default=0.0,
-                        help="seconds to wait after the last change before the idle reading at "
-                             "the end (the daemon makes spare folders, then hands its freed "
-                             "memory back, once idle: minutes at 100,000 photos)")
+                        help="before the idle reading at the end, wait up to this many seconds "
+                             "for the daemon to log that its idle work is over and it handed "
+                             "its freed memory back (spares and purge: minutes at 100,000 "
+                             "photos)")
     parser.add_argument("--index-timeout", type=float, default=4 * 3600.0)
     parser.add_argument("--no-size", action="store_true", help="skip the output area's du/find")
     args = parser.parse_args(argv)

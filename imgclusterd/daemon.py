@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds without hashing after which the hashing workers are stopped (Pipeline.release_idle_pool).
 POOL_IDLE_SECONDS = 120.0
+#: Seconds of idle work (spares, purge) between two hand-backs of the heap's freed pages.
+IDLE_GIVE_BACK_EVERY = 60.0
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeat rows while idle (status: stale after 90 s)
 RETRY_AFTER = 30.0  # seconds before the first retry of a refresh that failed (output or store)
 RETRY_MAX = 600.0  # the retry delay doubles while the refresh keeps failing, up to this
@@ -159,6 +161,7 @@ class Daemon:
         self._signal_logged: dict[int, float] = {}
         self._missed_warning: str | None = None  # see _check_watch_effective
         self._give_back_owed = False  # work was done since the heap was last trimmed
+        self._gave_back_at = 0.0  # clock time of the last give_back (or refresh: see there)
 
         self.debouncer = Debouncer(
             config.debounce, config.max_delay, clock, on_change=self.wake.set
@@ -356,7 +359,8 @@ class Daemon:
                     # so hand the heap's freed pages back (at 100,000 photos it kept ~1.1 GB
                     # resident after a few drops otherwise). Once, not on every idle tick.
                     self._give_back_owed = False
-                    give_back("refreshes and idle work")
+                    self._gave_back_at = now
+                    give_back("refreshes and idle work", logging.INFO)
         self.state.pending = len(self.debouncer) + len(self._held.paths)
         self._heartbeat()
 
@@ -420,6 +424,7 @@ class Daemon:
         self.state.failure = None
         self.state.refreshes += 1
         self._give_back_owed = True
+        self._gave_back_at = self.clock()  # (idle work gives back from a minute after this)
         self.state.sighup_rescans = sighups
         self._log_refresh(report)
         when = time.strftime("%H:%M", time.localtime())
@@ -470,6 +475,13 @@ class Daemon:
             # Spares after a big refresh can take many minutes (100,000 photos): the idle
             # hashing workers (~150 MB) need not wait for them to end before they stop.
             pipeline.release_idle_pool(POOL_IDLE_SECONDS)
+            # Nor the heap: a refresh's freed pages (~250 MB at 100,000 photos) are handed
+            # back every IDLE_GIVE_BACK_EVERY seconds of idle work, not only at its end (the
+            # purge after a restart can take ten minutes at that size).
+            now = self.clock()
+            if self._give_back_owed and now - self._gave_back_at >= IDLE_GIVE_BACK_EVERY:
+                self._gave_back_at = now
+                give_back("idle work so far")
 
         try:
             return writer.prepare_spares(should_stop, progress) > 0

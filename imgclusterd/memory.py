@@ -55,10 +55,11 @@ def resident_bytes() -> int:
         return 0
 
 
-def give_back(why: str) -> int:
+def give_back(why: str, level: int = logging.DEBUG) -> int:
     """Collect garbage and freeze what survives (see below), then return the C heap's free
     pages to the system; returns the bytes of resident memory that went (0 where there is no
-    ``malloc_trim``). ``why`` is for the debug log line (e.g. "refresh", "idle work")."""
+    ``malloc_trim``). ``why`` is for the log line (e.g. "refresh", "idle work"), logged at
+    ``level``."""
     started = time.perf_counter()
     before = resident_bytes()
     # Everything alive now is looked at once more (an object frozen last time may be garbage
@@ -76,7 +77,7 @@ def give_back(why: str) -> int:
     _trim(0)
     after = resident_bytes()
     given = max(0, before - after)
-    log.debug("memory: gave back %.1f MB after %s (gc %.0f ms, trim %.0f ms; %.1f MB resident "
-              "now)", given / 2**20, why, (collected - started) * 1000,
-              (time.perf_counter() - collected) * 1000, after / 2**20)
+    log.log(level, "memory: gave back %.1f MB after %s (gc %.0f ms, trim %.0f ms; %.1f MB "
+            "resident now)", given / 2**20, why, (collected - started) * 1000,
+            (time.perf_counter() - collected) * 1000, after / 2**20)
     return given

@@ -14,7 +14,13 @@ import pytest
 
 from imgclusterd import status as status_module
 from imgclusterd.config import load_config
-from imgclusterd.daemon import POOL_IDLE_SECONDS, RETRY_AFTER, RETRY_MAX, Daemon
+from imgclusterd.daemon import (
+    IDLE_GIVE_BACK_EVERY,
+    POOL_IDLE_SECONDS,
+    RETRY_AFTER,
+    RETRY_MAX,
+    Daemon,
+)
 from imgclusterd.output import WriteHooks
 from imgclusterd.output.hooks import IDLE_FLUSHED
 
@@ -25,8 +31,10 @@ from .test_bad_input import encode, put, smooth, write_config
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
+        self.step = 0.0  # added on every read: time that passes while the daemon works
 
     def __call__(self) -> float:
+        self.now += self.step
         return self.now
 
 
@@ -212,6 +220,34 @@ def test_the_idle_daemon_gives_memory_back_once_its_refresh_and_idle_work_are_do
     assert given_back("refreshes and idle work") == 1
     idle_ticks()
     assert given_back("refreshes and idle work") == 2
+
+
+def test_long_idle_work_gives_memory_back_as_it_goes_not_only_at_its_end(
+        stepped: tuple[Daemon, Clock, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The spares and the purge after a big refresh can take ten minutes (100,000 photos):
+    the heap a refresh freed is handed back every IDLE_GIVE_BACK_EVERY seconds of that
+    work, not only once it is all done."""
+    daemon, clock, _out = stepped
+    caplog.set_level(logging.DEBUG, logger="imgclusterd.memory")
+    run_until_idle(daemon, clock)  # the start-up refresh: its idle work makes spares
+    assert daemon.pipeline is not None and daemon.pipeline.writer is not None
+    given_when_flushed: list[int] = []
+
+    def given_back_so_far() -> int:
+        return sum(r.name == "imgclusterd.memory"
+                   and "after idle work so far (" in r.getMessage() for r in caplog.records)
+
+    class Spy(WriteHooks):
+        def at(self, point: str) -> None:
+            if point == IDLE_FLUSHED:  # the end of the idle spares (see prepare_spares)
+                given_when_flushed.append(given_back_so_far())
+
+    daemon.pipeline.writer.hooks = Spy()
+    clock.step = IDLE_GIVE_BACK_EVERY / 2  # each spare made takes half a minute
+    clock.now += 1.0
+    daemon.tick()  # one idle tick: the spares after the whole-tree write
+    clock.step = 0.0
+    assert len(given_when_flushed) == 1 and given_when_flushed[0] >= 1
 
 
 def test_idle_hashing_workers_stop_while_spare_folders_are_still_being_made(
