@@ -563,15 +563,25 @@ def remove_from_forest(
     forest = _check_limit(forest, limit)
     if rebuild_share is not None and int(gone.sum()) > rebuild_share * n:  # many holes
         return spanning_forest(np.asarray(packed)[kept], limit), kept
-    tree = _labels(n, forest.u, forest.v)
-    broken = np.zeros(n, dtype=bool)
-    broken[np.unique(tree[gone])] = True
     survives = ~gone[forest.u] & ~gone[forest.v]
     u, v, w = forest.u[survives], forest.v[survives], forest.w[survives]
+    remap = np.cumsum(~gone) - 1  # old vertex -> new index
+    ends = np.concatenate([forest.u[~survives], forest.v[~survives]])
+    if not len(ends) or int(np.bincount(ends[gone[ends]]).max()) <= 1:
+        # Every removed photo had at most one forest edge (a leaf, as a photo added last often
+        # is): a leaf lies on no path between two others, so no tree falls apart and the
+        # survivors' edges are their forest, in order. No labelling of the N photos.
+        return Forest(len(kept), remap[u].astype(np.int32), remap[v].astype(np.int32), w,
+                      limit), kept  # fmt: skip
+    piece_of = _labels(n, u, v)
     # Vertices of trees that lost a vertex; other trees are untouched (no edge <= limit leaves
-    # a tree, so nothing outside the broken trees can join them).
-    affected = np.flatnonzero(broken[tree] & ~gone)
-    piece = _labels(n, u, v)[affected]
+    # a tree, so nothing outside the broken trees can join them). A broken tree's survivors are
+    # the pieces holding a removed photo's forest neighbours (each piece has an edge to one).
+    near = ends[~gone[ends]]
+    broken = np.zeros(n, dtype=bool)
+    broken[piece_of[near]] = True
+    affected = np.flatnonzero(broken[piece_of] & ~gone)
+    piece = piece_of[affected]
     add_u: list[int] = []
     add_v: list[int] = []
     add_w: list[int] = []
@@ -601,7 +611,6 @@ def remove_from_forest(
         add_v.append(b)
         add_w.append(weight)
         piece[inside] = piece[np.searchsorted(affected, b)]
-    remap = np.cumsum(~gone) - 1  # old vertex -> new index
     # The survivors' edges stay normalised and sorted (the renumbering keeps the order): only
     # the few reconnecting edges are sorted and put in their places.
     fresh = _make_forest(len(kept), remap[np.asarray(add_u, np.int64)],
