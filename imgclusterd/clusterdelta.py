@@ -521,6 +521,11 @@ class SweepState:
             self._adjacency = (start, others[order], np.repeat(f.w, 2)[order])
         return self._adjacency
 
+    def shed(self) -> None:
+        """Drop what is cheap to make again on need: the adjacency (a radix pass, ~1 ms per
+        algorithm at 20,000 photos; 15 bytes a photo per algorithm, ~21 MB at 100,000)."""
+        self._adjacency = None
+
     def by_rank(self) -> np.ndarray:
         """Vertices in rank order (ties by vertex)."""
         if self._by_rank is None:

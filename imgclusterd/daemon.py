@@ -360,6 +360,7 @@ class Daemon:
                     # resident after a few drops otherwise). Once, not on every idle tick.
                     self._give_back_owed = False
                     self._gave_back_at = now
+                    self.pipeline.shed_idle()
                     give_back("refreshes and idle work", logging.INFO)
         self.state.pending = len(self.debouncer) + len(self._held.paths)
         self._heartbeat()

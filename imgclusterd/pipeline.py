@@ -225,6 +225,14 @@ class Pipeline:
         log.debug("hashing workers stopped: unused for %.0f s", after)
         return True
 
+    def shed_idle(self) -> None:
+        """Idle for a while now: drop the kept state that the next refresh can remake for
+        little (see :meth:`imgclusterd.clusterdelta.SweepState.shed`); what costs a refresh
+        real time stays."""
+        for state in self._states.values():
+            if state.sweep is not None:
+                state.sweep.shed()
+
     # -- one refresh ------------------------------------------------------------------------
 
     def refresh(

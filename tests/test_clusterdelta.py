@@ -288,6 +288,10 @@ def test_sweep_delta_from_follows_random_changes(
         assert new.numbering is not None
         same_numbering(new.numbering, state_of(index, rank).numbering_for(THRESHOLDS))
         state = new
+        if rnd.random() < 0.3:  # the idle daemon drops what is cheap to remake
+            adjacency = [a.tolist() for a in state.adjacency()]
+            state.shed()
+            assert [a.tolist() for a in state.adjacency()] == adjacency
 
 
 def test_stable_order_is_numpys_stable_argsort() -> None:
