@@ -842,6 +842,12 @@ def sweep_delta_from(
         not len(b_hot) and len(a_hot) > 0 and new.n == old.n - len(a_hot)
         and np.array_equal(np.delete(old.keys, a_hot), new.keys)
     )  # fmt: skip
+    # Photos only touched (renamed, moved: same forest, same vertices, new ranks): every
+    # component keeps its members (see _changes_touched).
+    touched_only = (
+        len(a_touch) > 0 and len(a_hot) == len(a_touch) and len(b_hot) == len(b_touch)
+        and old.forest is new.forest and np.array_equal(old.keys, new.keys)
+    )  # fmt: skip
     labellings = (
         _Labelling(old),
         _Labelling(new, old if added_only or removed_only else None,
@@ -874,6 +880,8 @@ def sweep_delta_from(
         if local is None or t >= local.escape:
             if removed_only and (labellings[0].wanted(t) or t in old.labelled):
                 local = _changes_removed(t, old, new, labellings, a_hot)
+            elif touched_only and (labellings[0].wanted(t) or t in old.labelled):
+                local = _changes_touched(t, old, new, labellings, a_touch)
             else:
                 local = _changes_at(t, old, new, survivors, cap, labellings,
                                     a_hot, b_hot, a_touch, b_touch, added_only)  # fmt: skip
@@ -1185,6 +1193,49 @@ def _changes_removed(
         left = members[~stays[members]]
         left = left[np.lexsort((left, old.ranks[left]))]  # rank order
         changes.append((base_j, kind, i, new.keys[_EMPTY], old.keys[left]))
+    return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
+                           unclustered_removed)  # fmt: skip
+
+
+def _changes_touched(
+    t: int,
+    old: SweepState,
+    new: SweepState,
+    labellings: tuple[_Labelling, _Labelling],
+    a_touch: np.ndarray,
+) -> _Local:
+    """:func:`_changes_at` when photos were only touched with the forest unchanged (a rename:
+    same vertices, same edges, new ranks) and the labels at ``t`` are at hand: no member list
+    mapped from side to side, no walk.
+
+    Why it holds: both sides are the same graph, so every component keeps its members; the
+    changed ones are those holding a touched photo, each patched from itself (its touched
+    photos removed by their old links and added by their new ones), and only their first
+    member by rank may differ. A rename at 20,000 photos went through the general path with
+    the giant components' member lists (~0.3 s of CPU of the 14 algorithms)."""
+    la, _, escape = _labels_at(t, labellings)
+    a_comps: list[tuple[int, int]] = []
+    b_comps: list[tuple[int, int]] = []
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
+    gone: list[tuple[int, str]] = []
+    unclustered_added: list[np.ndarray] = []
+    unclustered_removed: list[np.ndarray] = []
+    hot_labels = la[a_touch]
+    for label in np.unique(hot_labels).tolist():
+        touched = a_touch[hot_labels == label]
+        members = np.flatnonzero(la == label)
+        i, j = len(a_comps), len(b_comps)
+        # First by rank on each side (ties: the smallest vertex, listed first).
+        a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
+        b_comps.append((int(members[np.argmin(new.ranks[members])]), len(members)))
+        if len(members) < 2:  # a touched single: out of the unclustered set and back in
+            unclustered_removed.append(old.keys[members])
+            unclustered_added.append(new.keys[members])
+            continue
+        gone.append((i, "changed"))
+        added = touched[np.lexsort((touched, new.ranks[touched]))]  # rank order
+        removed = touched[np.lexsort((touched, old.ranks[touched]))]
+        changes.append((j, "changed", i, new.keys[added], old.keys[removed]))
     return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
                            unclustered_removed)  # fmt: skip
 

@@ -223,18 +223,19 @@ def state_of(
                       dict(index.positions), previous=previous)  # fmt: skip
 
 
-@pytest.mark.parametrize("pure", [False, True], ids=["mixed", "pure"])
+@pytest.mark.parametrize("pure", [False, True, "moves"], ids=["mixed", "pure", "moves"])
 @pytest.mark.parametrize("walk_min", [0, clusterdelta.WALK_MIN])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(st.integers(0, 2**32 - 1))
 def test_sweep_delta_from_follows_random_changes(
-    walk_min: int, pure: bool, monkeypatch: pytest.MonkeyPatch, seed: int
+    walk_min: int, pure: bool | str, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     """Random insert / remove / move / rehash sequences: each step's deltas equal sweep_delta's,
     and the numbering carried from step to step equals one made from scratch. walk_min 0 makes
     every side past the first vertex label itself (the giant-cluster path). ``pure``: each
-    step only adds or only removes photos (a +1, a -1: the paths that follow labels only)."""
+    step only adds or only removes photos (a +1, a -1: the paths that follow labels only);
+    ``moves``: each step only renames photos (same forest: _changes_touched)."""
     monkeypatch.setattr(clusterdelta, "WALK_MIN", walk_min)
     rnd = random.Random(seed)
     centres = [rnd.getrandbits(BITS) for _ in range(3)]
@@ -254,7 +255,9 @@ def test_sweep_delta_from_follows_random_changes(
         state.numbering_for(THRESHOLDS)
     next_key = len(hashes)
     for _ in range(rnd.randint(1, 5)):
-        if not pure:
+        if pure == "moves":
+            adds, count = 0, 0
+        elif not pure:
             adds, count = rnd.choice([0, 1, 1, 2, 5]), rnd.choice([0, 0, 1, 2])
         elif rnd.random() < 0.5:  # a +1 (or a few)
             adds, count = rnd.choice([1, 1, 2, 5]), 0
@@ -264,7 +267,8 @@ def test_sweep_delta_from_follows_random_changes(
         next_key += len(added)
         removed = rnd.sample(sorted(hashes), min(len(hashes), count))
         rest = [k for k in hashes if k not in removed]
-        moved = set(rnd.sample(rest, min(len(rest), rnd.choice([0, 0, 1])))) if not pure else set()
+        moved = set(rnd.sample(rest, min(len(rest), rnd.choice(
+            [1, 1, 2, 3] if pure == "moves" else [0, 0, 1])))) if pure is not True else set()
         rehashed = (set(rnd.sample(rest, min(len(rest), rnd.choice([0, 0, 1])))) if not pure
                     else set())  # fmt: skip
         fresh = {k: value() for k in [*added, *rehashed]}
