@@ -166,10 +166,11 @@ def _copy_store(source: Path, dest: Path, cold: bool) -> None:
 
 def _idle(pipeline: Pipeline, gap: float) -> float:
     """``gap`` seconds of the daemon's idle time: spare folders until it is over, then the
-    end-of-idle-work trim; returns the RSS after it."""
+    end-of-idle-work shedding and trim; returns the RSS after it."""
     assert pipeline.writer is not None
     deadline = time.monotonic() + gap
     pipeline.writer.prepare_spares(lambda: time.monotonic() >= deadline)
+    pipeline.shed_idle()  # as the daemon does before its trim
     if give_back is not None:
         give_back("idle work")
     time.sleep(max(0.0, deadline - time.monotonic()))
