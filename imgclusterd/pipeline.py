@@ -108,6 +108,7 @@ class RefreshReport:
     interrupted: bool = False
     thumbnails_made: int = 0  # by the background pass (make_thumbnails), not while hashing
     timings: dict[str, float] = field(default_factory=dict)
+    explorer_seconds: float = 0.0  # of the write timing: the explorer page's data made
     seconds: float = 0.0
 
     @property
@@ -358,7 +359,9 @@ class Pipeline:
             def writing(done: int, total: int) -> None:
                 self.progress("writing", done, total)
 
+            explorer_started = time.perf_counter()
             extra = self._explorer_page() if self.config.explorer else None
+            report.explorer_seconds = time.perf_counter() - explorer_started
             if delta is not None:
                 try:
                     report.output = self.writer.write_delta(delta, extra, progress=writing)

@@ -84,6 +84,7 @@ class WriteReport:
     planned: str = "tree"  # "delta": only the changed folders were planned (write_delta)
     links_renamed: int = 0  # entries renamed while patching (renumbered clusters)
     links_copied: int = 0  # hard links made copying a patch's base (no spare, no ancestor)
+    cpu_seconds: float = 0.0  # CPU time of the writing thread (the rest of seconds: waiting)
 
 
 @dataclass
@@ -222,6 +223,7 @@ class OutputWriter:
         no generation names, which the next whole-tree write reuses or collects.
         """
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         self.check()
         self._model = None
         self._ancestors_from = None
@@ -262,7 +264,7 @@ class OutputWriter:
             return Plan({}, generation_links, top_files, memo)
 
         report = self._write_plan(
-            build, started, progress, purge_now=True,
+            build, (started, cpu_started), progress, purge_now=True,
             record=lambda current: self._walked(current, planned),
         )  # fmt: skip
         if not self.lean:
@@ -296,6 +298,7 @@ class OutputWriter:
         write the whole tree with :meth:`write`).
         """
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         self.check()
         if not self.can_patch() or self._model is None:
             raise ValueError("no model of the current generation: write the whole tree")
@@ -330,7 +333,8 @@ class OutputWriter:
         oldest = self._writes - _LINEAGE_WRITES
         self._lineage = {d: step for d, step in self._lineage.items() if step[0] > oldest}
         report = self._write_plan(
-            plan, started, progress, purge_now=False, record=lambda current: record
+            plan, (started, cpu_started), progress, purge_now=False,
+            record=lambda current: record,
         )
         self._model, self._model_generation = model, report.generation
         self._algo_digests = algo_digests
@@ -361,7 +365,7 @@ class OutputWriter:
     def _write_plan(
         self,
         plan: Plan | Callable[[_Counts], Plan],
-        started: float,
+        started: tuple[float, float],  # perf_counter, thread_time
         progress: Callable[[int, int], None] | None,
         purge_now: bool,
         record: Callable[[str | None], Record],
@@ -427,7 +431,7 @@ class OutputWriter:
             objects_written=counts.written,
             objects_reused=counts.reused,
             links_written=counts.links,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - started[0],
             sync_seconds=sync_seconds,
             objects_recycled=counts.recycled,
             links_removed=counts.removed,
@@ -437,12 +441,14 @@ class OutputWriter:
             objects_repaired=counts.repaired,
             links_renamed=counts.renamed,
             links_copied=counts.copied,
+            cpu_seconds=time.thread_time() - started[1],
         )
         log.info(
             "output generation %s: %d objects written (%d recycled), %d reused, %d links, "
-            "%.2fs (sync %.2fs, gc %.2fs)",
+            "%d renamed, %d copied, %.2fs (cpu %.2fs, sync %.2fs, gc %.2fs)",
             name, report.objects_written, report.objects_recycled, report.objects_reused,
-            report.links_written, report.seconds, sync_seconds, gc_seconds,
+            report.links_written, report.links_renamed, report.links_copied, report.seconds,
+            report.cpu_seconds, sync_seconds, gc_seconds,
         )  # fmt: skip
         return report
 
