@@ -57,8 +57,12 @@ _PROGRESS_EVERY = 0.5  # seconds between progress callbacks during a write
 _LINEAGE_WRITES = 32
 _LINEAGE_DEPTH = 32
 #: Slots (see Role) whose folder nearly every refresh changes: each threshold's folder and its
-#: unclustered folder (a new photo lands in one or joins a cluster, which renames an entry).
-_CHANGE_EVERY_TIME = frozenset({"u", "t"})
+#: unclustered folder (a new photo lands in one or joins a cluster, which renames an entry),
+#: and its biggest cluster, which a new photo most likely joins: in a real library the loose
+#: thresholds hold one component of most photos (20,000 photos: ~20,000 links at ~6
+#: thresholds per algorithm), copied link by link by the first refreshes after a whole-tree
+#: write that changed it (~20,000-200,000 link() calls per +1) unless a spare was made.
+_CHANGE_EVERY_TIME = frozenset({"u", "t", "c1"})
 #: Slots whose entries a +1 renames (the clusters renumbered): threshold folders.
 _RENUMBERED = frozenset({"t"})
 #: One patch: names removed from its base, links added, entries renamed (new -> old name).
@@ -266,6 +270,7 @@ class OutputWriter:
         report = self._write_plan(
             build, (started, cpu_started), progress, purge_now=True,
             record=lambda current: self._walked(current, planned),
+            live=lambda digests: [d in planned for d in digests],
         )  # fmt: skip
         if not self.lean:
             self._leaf_memo = memo
@@ -332,9 +337,15 @@ class OutputWriter:
         self._writes += 1
         oldest = self._writes - _LINEAGE_WRITES
         self._lineage = {d: step for d, step in self._lineage.items() if step[0] > oldest}
+        def live(digests: list[str]) -> list[bool]:  # in the tree after this write
+            return [
+                counts.get(d, n) > 0
+                for d, n in zip(digests, self._refs.counts(digests), strict=True)
+            ]
+
         report = self._write_plan(
             plan, (started, cpu_started), progress, purge_now=False,
-            record=lambda current: record,
+            record=lambda current: record, live=live,
         )
         self._model, self._model_generation = model, report.generation
         self._algo_digests = algo_digests
@@ -369,6 +380,7 @@ class OutputWriter:
         progress: Callable[[int, int], None] | None,
         purge_now: bool,
         record: Callable[[str | None], Record],
+        live: Callable[[list[str]], list[bool]],
     ) -> WriteReport:
         area = self._area
         counts = _Counts()
@@ -414,7 +426,8 @@ class OutputWriter:
                 gc_started = time.perf_counter()
                 unused = pool_before & set(os.listdir(area.pool))
                 if not purge_now or self.purge_in_idle:
-                    self._purge_later |= unused - self._ancestors_kept(unused)
+                    kept = self._ancestors_kept(unused) | self._spares_kept(unused, live)
+                    self._purge_later |= unused - kept
                     unused = set()
                 try:
                     counts.deleted += self._collect(purge=unused, from_records=not purge_now)
@@ -652,6 +665,23 @@ class OutputWriter:
                 digest = entry[1]
             kept.update(chain[:useful])
         return kept
+
+    @staticmethod
+    def _spares_kept(entries: set[str], live: Callable[[list[str]], list[bool]]) -> set[str]:
+        """Of these unused pool entries, the spares of folders the tree still holds: kept for
+        the write that changes such a folder (not purged).
+
+        Why: a spare made in idle time for a folder the next write happened not to change
+        (the biggest cluster of a threshold the new photo did not join there) was purged
+        unused, and the write after it that did change the folder copied it link by link
+        (20,000 photos: ~20,000 links per such folder, ~20,000-200,000 per +1 in the first
+        drops after a restart). At most one spare per live folder; one whose folder leaves
+        the tree is purged as before.
+        """
+        found = {entry: match[1] for entry in entries if (match := POOL_RE.match(entry))}
+        digests = list(found.values())
+        alive = dict(zip(digests, live(digests), strict=True)) if digests else {}
+        return {entry for entry, digest in found.items() if alive[digest]}
 
     def _ancestors_kept(self, entries: set[str]) -> set[str]:
         """Of these unused pool entries, the nearest retired ancestors of live folders: kept
