@@ -38,6 +38,7 @@ from imgclusterd.output.delta import RefCounts
 from imgclusterd.output.hooks import (
     ALGORITHM_WRITTEN,
     IDLE_FLUSHED,
+    IDLE_SLICE_FLUSHED,
     OBJECT_STAGED,
     SWAP_LINK_MADE,
 )
@@ -1450,6 +1451,28 @@ def test_idle_work_is_flushed_before_the_next_refresh(tmp_path: Path) -> None:
     hooks.points.clear()
     assert writer.prepare_spares(lambda: False) == 0  # nothing left to do: no flush
     assert IDLE_FLUSHED not in hooks.points
+
+
+def test_idle_work_is_flushed_in_slices_so_an_event_finds_little_to_flush(
+    tmp_path: Path,
+) -> None:
+    """Idle work an event interrupts skips its final flush, and the refresh's flush before
+    its swap wrote out all of it (a whole idle gap of spares and purged pool entries). So it
+    is also flushed every ``idle_flush_every`` seconds of it: interrupted after some spares,
+    what they dirtied was flushed already."""
+    hooks = Recorder()
+    writer = written_chain(tmp_path, 0, hooks, lean=True)[4]
+    writer.idle_flush_every = 0.0  # a flush after every step of idle work
+    hooks.points.clear()
+    calls = iter(range(3))  # some spares made, then "an event arrived"
+    assert writer.prepare_spares(lambda: next(calls, 9) > 1) > 0
+    assert IDLE_SLICE_FLUSHED in hooks.points
+    assert IDLE_FLUSHED not in hooks.points  # (stopped: not the end of the idle work)
+    writer.idle_flush_every = None  # only at the end, as before
+    hooks.points.clear()
+    calls = iter(range(3))
+    assert writer.prepare_spares(lambda: next(calls, 9) > 1) > 0
+    assert IDLE_SLICE_FLUSHED not in hooks.points
 
 
 def test_idle_time_makes_threshold_spares_before_it_purges(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "ALGORITHM_WRITTEN",
     "GENERATION_BUILT",
     "IDLE_FLUSHED",
+    "IDLE_SLICE_FLUSHED",
     "OBJECT_STAGED",
     "POINTS",
     "SWAP_LINK_MADE",
@@ -37,8 +38,13 @@ SWAP_LINK_MADE = "swap-link-made"
 
 #: Idle work (spares, the purge of unused pool entries) is done and flushed to disk.
 IDLE_FLUSHED = "idle-flushed"
+#: Idle work still going on flushed what it dirtied so far (see OutputWriter.idle_flush_every).
+IDLE_SLICE_FLUSHED = "idle-slice-flushed"
 
-POINTS = (OBJECT_STAGED, ALGORITHM_WRITTEN, GENERATION_BUILT, SWAP_LINK_MADE, IDLE_FLUSHED)
+POINTS = (
+    OBJECT_STAGED, ALGORITHM_WRITTEN, GENERATION_BUILT, SWAP_LINK_MADE, IDLE_FLUSHED,
+    IDLE_SLICE_FLUSHED,
+)
 
 
 class WriteHooks:

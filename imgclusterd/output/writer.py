@@ -30,6 +30,7 @@ from .delta import (
 from .hooks import (
     ALGORITHM_WRITTEN,
     IDLE_FLUSHED,
+    IDLE_SLICE_FLUSHED,
     OBJECT_STAGED,
     WriteHooks,
     default_hooks,
@@ -166,6 +167,8 @@ class OutputWriter:
         # After a delta write: from this time on, the next write finds its patches' retired
         # ancestors in pool/ (see _release_expired), so spares of them are not needed.
         self._ancestors_from: float | None = None
+        # Seconds of idle work between flushes (see prepare_spares; None: only at its end).
+        self.idle_flush_every: float | None = 2.0
 
     # ------------------------------------------------------------------ public
 
@@ -484,6 +487,8 @@ class OutputWriter:
         use, the other spares; then, unless stopped, a flush of what all this dirtied.
         """
         links = 0
+        if self.idle_flush_every is not None:  # flushed in slices, see below
+            progress = self._flushing(progress, self.idle_flush_every)
         if self._ancestors_from is not None and self.clock() < self._ancestors_from:
             # Threshold folders first: a refresh after the grace patches every folder from
             # its retired ancestor, two patches back, which costs an unclustered or cluster
@@ -503,6 +508,34 @@ class OutputWriter:
                 log.warning("could not flush %s: %s", self.area, exc)
             self.hooks.at(IDLE_FLUSHED)
         return links
+
+    def _flushing(
+        self, progress: Callable[[], None] | None, every: float
+    ) -> Callable[[], None]:
+        """``progress`` that also flushes what idle work dirtied, every ``every`` seconds of
+        it.
+
+        Why: idle work that an event interrupts skips its final flush, so the refresh's
+        ``syncfs`` before its swap wrote out all of it -- up to a whole idle gap of spare
+        copies and purged pool entries (20,000 photos: millions of directory entries) --
+        and the +1 waited for it. Flushed in slices, the refresh finds at most one slice.
+        (Not skipped when an event is waiting: the refresh would flush the same.)
+        """
+        last = time.monotonic()
+
+        def step() -> None:
+            nonlocal last
+            if progress is not None:
+                progress()
+            if time.monotonic() - last >= every:
+                try:
+                    self._area.sync()
+                except OSError as exc:
+                    log.warning("could not flush %s: %s", self.area, exc)
+                self.hooks.at(IDLE_SLICE_FLUSHED)
+                last = time.monotonic()
+
+        return step
 
     def _spares(
         self,
