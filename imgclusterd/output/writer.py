@@ -397,11 +397,22 @@ class OutputWriter:
                 pool_before = set(os.listdir(area.pool))
                 if isinstance(plan, Plan):  # planned up front (a delta)
                     same = self._same(current, plan)
+                    left: list[tuple[str, Role, int]] = []
                     if not same:
-                        self._pool.spare_wanted = []
+                        left, self._pool.spare_wanted = self._pool.spare_wanted, []
                         if not purge_now:  # a delta write
                             counts.deleted += self._release_expired()
                     self._build_objects(plan.objects, counts, progress, whole_tree=purge_now)
+                    if left:
+                        # Spares idle time had no time to make (20,000 photos: the ~4 million
+                        # links after a whole tree take minutes; the next photo came after
+                        # 20 s), of folders this write left as they were: still wanted. Else
+                        # each of them was copied link by link by the first write that
+                        # changed it (the biggest clusters: ~20,000 links each).
+                        alive = live([digest for digest, _, _ in left])
+                        self._pool.spare_wanted += [
+                            wanted for wanted, a in zip(left, alive, strict=True) if a
+                        ]
                 else:  # the whole tree: planned and built one algorithm at a time
                     wanted, self._pool.spare_wanted = self._pool.spare_wanted, []
                     plan = plan(counts)
