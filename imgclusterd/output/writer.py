@@ -811,6 +811,16 @@ class OutputWriter:
                 )
             if digest in existing:
                 counts.reused += 1
+                if (
+                    whole_tree
+                    and obj.role is not None
+                    and obj.role[1] in _CHANGE_EVERY_TIME
+                    and pool.recyclable(obj)
+                ):
+                    # Reused (a restart finds the tree it left) but as likely to change:
+                    # without a spare the next refreshes copied it link by link (20,000
+                    # photos: ~4 million links in the first +1 after a restart).
+                    pool.spare_wanted.append((digest, obj.role, len(obj.links)))
                 # (a patch's own links are its difference only: write_delta checked it)
                 if obj.base is None and not area.stamped(
                     os.path.join(area.objects, digest), digest
