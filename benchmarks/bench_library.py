@@ -177,16 +177,21 @@ def idle_memory(pid: int, wait: float) -> dict[str, float]:
     return result
 
 
-def settle(log_path: Path, wait: float) -> float:
-    """Wait up to ``wait`` seconds for the daemon to log that its refreshes and idle work are
-    over (it then hands its freed memory back: the idle state a reading should see); return
-    the seconds waited. Minutes at 100,000 photos (spares, the purge of unused ones)."""
-    mark = "after refreshes and idle work"
-    before = log_path.read_text(errors="replace").count(mark)
+_SETTLED = "after refreshes and idle work"  # the daemon's give_back line once idle work is over
+
+
+def settled_count(log_path: Path) -> int:
+    """How many times the daemon's log says its refreshes and idle work were over."""
+    return log_path.read_text(errors="replace").count(_SETTLED) if log_path.exists() else 0
+
+
+def settle(log_path: Path, wait: float, before: int) -> float:
+    """Wait up to ``wait`` seconds for the daemon to log, for the ``before``+1-th time, that
+    its refreshes and idle work are over (it then hands its freed memory back: the idle
+    state a reading, or a user's next photo, meets); return the seconds waited. Minutes at
+    100,000 photos (spares of the folders the next photo changes, the purge of unused ones)."""
     tick = time.monotonic()
-    while time.monotonic() - tick < wait:
-        if log_path.read_text(errors="replace").count(mark) > before:
-            break
+    while time.monotonic() - tick < wait and settled_count(log_path) <= before:
         time.sleep(2.0)
     return round(time.monotonic() - tick, 1)
 
@@ -276,6 +281,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
     burst = single_photos(staging / "burst", args.burst, seed=2 * 10**9 + n + 10**6 * run)
     config = write_config(root, args)
 
+    settled_before = settled_count(root / "daemon.log")
     daemon = Daemon(root, config)
     try:
         tick = time.monotonic()
@@ -290,6 +296,10 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         print(f"N={n}: initial index {show(index)} "
               f"(watcher {daemon.status()['watcher']['mode']})", flush=True)
         time.sleep(args.gap)
+        if args.settle:  # a running daemon's next photo, not one 20 s after its restart
+            result["settled_after_index"] = settle(daemon.log_path, args.settle, settled_before)
+            print(f"N={n}: idle work after the index over in "
+                  f"{args.gap + result['settled_after_index']:.0f} s", flush=True)
         result["memory_idle"] = idle_memory(daemon.proc.pid, args.idle_wait)
         print(f"N={n}: idle after index: {result['memory_idle']}", flush=True)
 
@@ -345,6 +355,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
         last = str(destination / burst[-1].name)
         count += len(burst)
+        settled_before = settled_count(daemon.log_path)
         result["add_burst"] = change(
             daemon, copy_burst,
             lambda: daemon.settled(count) and listed(daemon.config.output, last), args.debounce,
@@ -353,7 +364,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
         time.sleep(args.gap)
         if args.settle:
-            result["settled"] = settle(daemon.log_path, args.settle)
+            result["settled"] = settle(daemon.log_path, args.settle, settled_before)
         result["memory_end"] = idle_memory(daemon.proc.pid, args.idle_wait)
         print(f"N={n}: idle at the end: {result['memory_end']}", flush=True)
     finally:
@@ -387,10 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait, before reading idle memory, for the hashing "
                              f"workers to stop (they stop after {POOL_IDLE_SECONDS:.0f} s unused)")
     parser.add_argument("--settle", type=float, default=0.0,
-                        help="before the idle reading at the end, wait up to this many seconds "
-                             "for the daemon to log that its idle work is over and it handed "
-                             "its freed memory back (spares and purge: minutes at 100,000 "
-                             "photos)")
+                        help="after the index (before the first drop) and after the last "
+                             "change (before the idle reading at the end), wait up to this many "
+                             "seconds for the daemon to log that its idle work is over and it "
+                             "handed its freed memory back (spares and purge: minutes at "
+                             "100,000 photos); 0: do not wait")
     parser.add_argument("--ratio-to", type=int, default=None, metavar="N",
                         help="the size whose +1 median the summary's ratios are against "
                              "(default: the first of --n)")
