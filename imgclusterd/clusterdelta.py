@@ -1034,26 +1034,33 @@ def _labels_at(
     return la, lb, escape
 
 
-def _labelled_local(
-    escape: int,
-    a_comps: list[tuple[int, int]],
-    b_comps: list[tuple[int, int]],
-    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]],
-    gone: list[tuple[int, str]],
-    unclustered_added: list[np.ndarray],
-    unclustered_removed: list[np.ndarray],
-) -> _Local:
-    """The :class:`_Local` of a label-based path (sizes from the components found)."""
-    return _Local(
-        escape=escape,
-        a_comps=a_comps,
-        b_comps=b_comps,
-        changes=changes,
-        gone=gone,
-        unclustered_added=_concat(unclustered_added),
-        unclustered_removed=_concat(unclustered_removed),
-        singles=sum(size == 1 for _, size in b_comps) - sum(size == 1 for _, size in a_comps),
+@dataclass
+class _Gathered:
+    """What a label-based path finds at one threshold, gathered into its :class:`_Local`."""
+
+    a_comps: list[tuple[int, int]] = field(default_factory=list)
+    b_comps: list[tuple[int, int]] = field(default_factory=list)
+    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = field(
+        default_factory=list
     )
+    gone: list[tuple[int, str]] = field(default_factory=list)
+    unclustered_added: list[np.ndarray] = field(default_factory=list)
+    unclustered_removed: list[np.ndarray] = field(default_factory=list)
+
+    def local(self, escape: int) -> _Local:
+        """The :class:`_Local` of it (sizes from the components found)."""
+        a_comps, b_comps = self.a_comps, self.b_comps
+        return _Local(
+            escape=escape,
+            a_comps=a_comps,
+            b_comps=b_comps,
+            changes=self.changes,
+            gone=self.gone,
+            unclustered_added=_concat(self.unclustered_added),
+            unclustered_removed=_concat(self.unclustered_removed),
+            singles=sum(size == 1 for _, size in b_comps)
+            - sum(size == 1 for _, size in a_comps),
+        )
 
 
 def _changes_added(
@@ -1080,49 +1087,43 @@ def _changes_added(
     f = new.forest
     touching = touching[f.w[touching] <= t]
     eu, ev = f.u[touching].astype(np.int64), f.v[touching].astype(np.int64)
-    a_comps: list[tuple[int, int]] = []
-    b_comps: list[tuple[int, int]] = []
-    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
-    gone: list[tuple[int, str]] = []
-    unclustered_added: list[np.ndarray] = []
-    unclustered_removed: list[np.ndarray] = []
+    found = _Gathered()
     hot_labels = lb[b_hot]
     for label in np.unique(hot_labels).tolist():
         xs = b_hot[hot_labels == label]  # the added photos in it
         linked = np.isin(eu, xs) | np.isin(ev, xs)
         ends = np.concatenate([eu[linked], ev[linked]])
-        j = len(b_comps)
+        j = len(found.b_comps)
         comp_of: dict[int, int] = {}
         members_of: dict[int, np.ndarray] = {}
         for part in np.unique(la[ends[ends < n_old]]).tolist():
             members = np.flatnonzero(la == part)
-            comp_of[part] = len(a_comps)
+            comp_of[part] = len(found.a_comps)
             members_of[part] = members
             # First by rank (ties: the smallest vertex, listed first).
-            a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
+            found.a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
         size = len(xs) + sum(len(m) for m in members_of.values())
-        leaders = [*xs.tolist(), *(a_comps[c][0] for c in comp_of.values())]
-        b_comps.append((min(leaders, key=new.rank_key), size))
-        clustered = [p for p in comp_of if a_comps[comp_of[p]][1] >= 2]
+        leaders = [*xs.tolist(), *(found.a_comps[c][0] for c in comp_of.values())]
+        found.b_comps.append((min(leaders, key=new.rank_key), size))
+        clustered = [p for p in comp_of if found.a_comps[comp_of[p]][1] >= 2]
         if size < 2:  # an added photo alone
-            unclustered_added.append(new.keys[xs])
+            found.unclustered_added.append(new.keys[xs])
             continue
         for part in comp_of:
-            if a_comps[comp_of[part]][1] < 2:  # an old single, clustered now
-                unclustered_removed.append(old.keys[members_of[part]])
+            if found.a_comps[comp_of[part]][1] < 2:  # an old single, clustered now
+                found.unclustered_removed.append(old.keys[members_of[part]])
         kind = "merged" if len(clustered) >= 2 else "changed" if clustered else "added"
         for part in clustered:
-            gone.append((comp_of[part], "merged" if kind == "merged" else "changed"))
+            found.gone.append((comp_of[part], "merged" if kind == "merged" else "changed"))
         # The base: the largest old cluster inside (ties: its first member's rank).
-        base = min(clustered, key=lambda p: (-a_comps[comp_of[p]][1],
-                                             old.rank_key(a_comps[comp_of[p]][0])),
+        base = min(clustered, key=lambda p: (-found.a_comps[comp_of[p]][1],
+                                             old.rank_key(found.a_comps[comp_of[p]][0])),
                    default=None)  # fmt: skip
         added = np.concatenate([xs, *(m for p, m in members_of.items() if p != base)])
         added = added[np.lexsort((added, new.ranks[added]))]  # rank order
-        changes.append((j, kind, None if base is None else comp_of[base], new.keys[added],
+        found.changes.append((j, kind, None if base is None else comp_of[base], new.keys[added],
                         _EMPTY))  # fmt: skip
-    return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
-                           unclustered_removed)  # fmt: skip
+    return found.local(escape)
 
 
 def _changes_removed(
@@ -1147,19 +1148,14 @@ def _changes_removed(
     remap = np.cumsum(~gone_old) - 1  # old vertex -> new vertex (survivors)
     kept = np.flatnonzero(~gone_old)  # new vertex -> old vertex
     start, neighbour, weight = old.adjacency()
-    a_comps: list[tuple[int, int]] = []
-    b_comps: list[tuple[int, int]] = []
-    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
-    gone: list[tuple[int, str]] = []
-    unclustered_added: list[np.ndarray] = []
-    unclustered_removed: list[np.ndarray] = []
+    found = _Gathered()
     hot_labels = la[a_hot]
     for label in np.unique(hot_labels).tolist():
         members = np.flatnonzero(la == label)
-        i = len(a_comps)
-        a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
+        i = len(found.a_comps)
+        found.a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
         if len(members) < 2:  # a removed photo alone
-            unclustered_removed.append(old.keys[members])
+            found.unclustered_removed.append(old.keys[members])
             continue
         near: list[int] = []
         for r in a_hot[hot_labels == label].tolist():
@@ -1169,32 +1165,31 @@ def _changes_removed(
         pieces: list[tuple[int, np.ndarray]] = []  # (new label, new members)
         for piece in np.unique(lb[remap[np.array(near, dtype=np.int64)]]).tolist():
             inside = np.flatnonzero(lb == piece)
-            j = len(b_comps)
-            b_comps.append((int(inside[np.argmin(new.ranks[inside])]), len(inside)))
+            j = len(found.b_comps)
+            found.b_comps.append((int(inside[np.argmin(new.ranks[inside])]), len(inside)))
             pieces.append((j, inside))
         clustered = [(j, inside) for j, inside in pieces if len(inside) >= 2]
         for _, inside in pieces:
             if len(inside) < 2:  # a survivor alone now
-                unclustered_added.append(new.keys[inside])
+                found.unclustered_added.append(new.keys[inside])
         if not clustered:
-            gone.append((i, "removed"))
+            found.gone.append((i, "removed"))
             continue
-        gone.append((i, "split" if len(pieces) >= 2 else "changed"))
+        found.gone.append((i, "split" if len(pieces) >= 2 else "changed"))
         kind = "split" if len(pieces) >= 2 else "changed"
         # The base: the largest piece (ties: its first member's rank); the others are new.
         base_j, base_members = min(clustered, key=lambda c: (-len(c[1]),
-                                                           new.rank_key(b_comps[c[0]][0])))
+                                                           new.rank_key(found.b_comps[c[0]][0])))
         for j, inside in clustered:
             if j != base_j:
-                changes.append((j, kind, None, new.keys[inside[np.argsort(
+                found.changes.append((j, kind, None, new.keys[inside[np.argsort(
                     new.ranks[inside], kind="stable")]], _EMPTY))  # fmt: skip
         stays = np.zeros(old.n, dtype=bool)
         stays[kept[base_members]] = True
         left = members[~stays[members]]
         left = left[np.lexsort((left, old.ranks[left]))]  # rank order
-        changes.append((base_j, kind, i, new.keys[_EMPTY], old.keys[left]))
-    return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
-                           unclustered_removed)  # fmt: skip
+        found.changes.append((base_j, kind, i, new.keys[_EMPTY], old.keys[left]))
+    return found.local(escape)
 
 
 def _changes_touched(
@@ -1214,30 +1209,24 @@ def _changes_touched(
     member by rank may differ. A rename at 20,000 photos went through the general path with
     the giant components' member lists (~0.3 s of CPU of the 14 algorithms)."""
     la, _, escape = _labels_at(t, labellings)
-    a_comps: list[tuple[int, int]] = []
-    b_comps: list[tuple[int, int]] = []
-    changes: list[tuple[int, str, int | None, np.ndarray, np.ndarray]] = []
-    gone: list[tuple[int, str]] = []
-    unclustered_added: list[np.ndarray] = []
-    unclustered_removed: list[np.ndarray] = []
+    found = _Gathered()
     hot_labels = la[a_touch]
     for label in np.unique(hot_labels).tolist():
         touched = a_touch[hot_labels == label]
         members = np.flatnonzero(la == label)
-        i, j = len(a_comps), len(b_comps)
+        i, j = len(found.a_comps), len(found.b_comps)
         # First by rank on each side (ties: the smallest vertex, listed first).
-        a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
-        b_comps.append((int(members[np.argmin(new.ranks[members])]), len(members)))
+        found.a_comps.append((int(members[np.argmin(old.ranks[members])]), len(members)))
+        found.b_comps.append((int(members[np.argmin(new.ranks[members])]), len(members)))
         if len(members) < 2:  # a touched single: out of the unclustered set and back in
-            unclustered_removed.append(old.keys[members])
-            unclustered_added.append(new.keys[members])
+            found.unclustered_removed.append(old.keys[members])
+            found.unclustered_added.append(new.keys[members])
             continue
-        gone.append((i, "changed"))
+        found.gone.append((i, "changed"))
         added = touched[np.lexsort((touched, new.ranks[touched]))]  # rank order
         removed = touched[np.lexsort((touched, old.ranks[touched]))]
-        changes.append((j, "changed", i, new.keys[added], old.keys[removed]))
-    return _labelled_local(escape, a_comps, b_comps, changes, gone, unclustered_added,
-                           unclustered_removed)  # fmt: skip
+        found.changes.append((j, "changed", i, new.keys[added], old.keys[removed]))
+    return found.local(escape)
 
 
 def _numbered(

@@ -1350,6 +1350,17 @@ def test_a_restart_that_finds_its_tree_makes_the_same_spares(tmp_path: Path) -> 
     assert slots == {"u", "t", "c1"}
 
 
+def _joined_biggest(tree: OutputTree, photo: Link) -> OutputTree:
+    """``photo`` joins each threshold's biggest cluster where it has 4 or more photos (the
+    folders of which idle time makes spares after a whole tree)."""
+    return {
+        algo: [ThresholdFolder(f.threshold, [[*f.clusters[0], photo], *f.clusters[1:]],
+                               f.unclustered)
+               if f.clusters and len(f.clusters[0]) >= 4 else f for f in sweep]
+        for algo, sweep in tree.items()
+    }  # fmt: skip
+
+
 def test_spares_idle_time_could_not_make_stay_wanted_while_their_folder_lives(
     tmp_path: Path,
 ) -> None:
@@ -1361,14 +1372,6 @@ def test_spares_idle_time_could_not_make_stay_wanted_while_their_folder_lives(
     assert writer.prepare_spares(lambda: True) == 0  # the next photo came at once
     pool = area_path(output) / "pool"
 
-    def joined(tree: OutputTree, photo: Link) -> OutputTree:  # the spared clusters only
-        return {
-            algo: [ThresholdFolder(f.threshold, [[*f.clusters[0], photo], *f.clusters[1:]],
-                                   f.unclustered)
-                   if f.clusters and len(f.clusters[0]) >= 4 else f for f in sweep]
-            for algo, sweep in tree.items()
-        }  # fmt: skip
-
     photos = iter(links[30:])
     clock.now += 20
     new = _with_unclustered(tree, next(photos))  # the biggest clusters stay
@@ -1378,7 +1381,7 @@ def test_spares_idle_time_could_not_make_stay_wanted_while_their_folder_lives(
     writer.prepare_spares(lambda: False)
     assert any("~c1~" in entry for entry in os.listdir(pool))
     clock.now += 20
-    new = joined(tree, next(photos))
+    new = _joined_biggest(tree, next(photos))
     report = writer.write_delta(delta_between(tree, new))
     assert read_tree(str(output)) == expected(new)
     assert report.links_copied == 0
@@ -1399,19 +1402,11 @@ def test_a_spare_of_a_live_folder_waits_for_the_write_that_changes_it(tmp_path: 
     spares = {entry for entry in os.listdir(pool) if "~c1~" in entry}
     assert spares, "no spare of a biggest cluster: the test would not test anything"
 
-    def joined(tree: OutputTree, photo: Link) -> OutputTree:  # the spared clusters only
-        return {
-            algo: [ThresholdFolder(f.threshold, [[*f.clusters[0], photo], *f.clusters[1:]],
-                                   f.unclustered)
-                   if f.clusters and len(f.clusters[0]) >= 4 else f for f in sweep]
-            for algo, sweep in tree.items()
-        }  # fmt: skip
-
     photos = iter(links[30:])
-    for change in (_with_unclustered, joined):
+    for change in (_with_unclustered, _joined_biggest):
         clock.now += 20  # past the grace: no spares of the patched folders
         writer.prepare_spares(lambda: False)  # the idle purge of unused pool entries
-        if change is joined:
+        if change is _joined_biggest:
             assert spares <= set(os.listdir(pool))  # not purged: their folders are live
         new = change(tree, next(photos))
         report = writer.write_delta(delta_between(tree, new))
