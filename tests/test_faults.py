@@ -100,6 +100,19 @@ def add_photos(folder: Path, count: int, seed: int, size: tuple[int, int] = (320
             for n in range(count)]
 
 
+def add_slow_photos(folder: Path, count: int, seed: int) -> list[Path]:
+    """Photos that keep the hashing workers busy for seconds, for kills that must land mid-hash.
+
+    PNG, not JPEG: a JPEG is decoded drafted at 1/8 scale, and a fast machine hashed 60 of
+    1600x1200 in less than the pause a test took before its kill, which then found the workers
+    gone (a CI failure). A PNG is decoded whole (~50 ms at this size).
+    """
+    return [put(folder, f"slow{seed}_{n:03d}.png",
+                encode(smooth(seed * 1000 + n, (1600, 1200)), "PNG", compress_level=1),
+                mtime=None)
+            for n in range(count)]
+
+
 def config_for(ws: Workspace, name: str = "cfg.toml", **extra: Any) -> Path:
     extra.setdefault("debounce", 0.3)
     extra.setdefault("max_delay", 2.0)
@@ -179,12 +192,16 @@ def cmdline(pid: int) -> str:
 def worker_pids(pid: int) -> list[int]:
     """The hashing workers of an imgclusterd process: children of its fork server."""
     workers: list[int] = []
+    own = cmdline(pid)
     for child in children(pid):
-        if cmdline(child) == cmdline(pid):
-            continue  # forked, not exec'd yet: the fork server (or a spawned worker) starting
-        if "forkserver" in cmdline(child):
-            workers += children(child)
-        elif "resource_tracker" not in cmdline(child):
+        command = cmdline(child)
+        if not command or command == own:
+            # Empty: gone, or mid-exec. Equal: forked, not exec'd yet. Either way the fork
+            # server (or a spawned worker) starting or a child ending: not a worker to name.
+            continue
+        if "forkserver" in command:
+            workers += [w for w in children(child) if cmdline(w)]
+        elif "resource_tracker" not in command:
             workers.append(child)  # spawn start method: workers are direct children
     return workers
 
@@ -265,7 +282,7 @@ def test_sigkill_at_each_step_then_restart(workspace: Workspace, point: str,
 
 def test_sigkill_scan_during_hashing(workspace: Workspace) -> None:
     ws = workspace
-    add_photos(ws.images, 60, seed=3, size=(1600, 1200))
+    add_slow_photos(ws.images, 40, seed=3)
     ws.snapshot()
     config = config_for(ws)
     proc = subprocess.Popen([sys.executable, "-m", "imgclusterd", "scan", "--config",
@@ -274,7 +291,7 @@ def test_sigkill_scan_during_hashing(workspace: Workspace) -> None:
     try:
         wait_for(lambda: worker_pids(proc.pid) or proc.poll() is not None, "hashing workers",
                  step=0.01)
-        time.sleep(0.5)
+        time.sleep(0.2)  # into the hashing, which lasts seconds (add_slow_photos)
     finally:
         kill_and_reap(proc)
     assert proc.returncode == -signal.SIGKILL, "the scan finished before it could be killed"
@@ -319,25 +336,41 @@ def test_sigkill_scan_while_building_a_generation(workspace: Workspace) -> None:
 @pytest.mark.slow
 def test_sigkill_one_worker_mid_hash(workspace: Workspace) -> None:
     ws = workspace
-    add_photos(ws.images, 60, seed=5, size=(1600, 1200))
+    add_slow_photos(ws.images, 40, seed=5)
     ws.snapshot()
     config = config_for(ws)
     proc = subprocess.Popen([sys.executable, "-m", "imgclusterd", "scan", "-v", "--config",
                              str(config)], cwd=ws.root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    workers = wait_for(lambda: worker_pids(proc.pid) or proc.poll() is not None,
-                       "hashing workers", step=0.01)
-    assert isinstance(workers, list), "the scan ended before its workers were seen"
-    time.sleep(0.3)
-    os.kill(workers[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=600)
+    try:
+        killed = wait_for(lambda: kill_one_worker(proc.pid) or proc.poll() is not None,
+                          "a hashing worker to kill", step=0.01)
+        assert isinstance(killed, int), "the scan ended before a hashing worker was seen"
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            kill_and_reap(proc)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode == 0, err
     assert "a hashing worker died" in err
     records = store_records(ws.state)
-    assert len(records) == 44 + 60
+    assert len(records) == 44 + 40
     assert all(r.status == "hashed" for r in records.values()), \
         [(p, r.reason) for p, r in records.items() if r.status != "hashed"]
     assert_recovered(ws)
+
+
+def kill_one_worker(pid: int) -> int | None:
+    """SIGKILL one live hashing worker of ``pid``; its pid, or None while there is none."""
+    for worker in worker_pids(pid):
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            continue  # gone between the listing and the kill: try the next one
+        return worker
+    return None
 
 
 # -- disk full ---------------------------------------------------------------------------------
@@ -637,7 +670,7 @@ def test_second_daemon_with_another_state_dir_refuses(workspace: Workspace,
 def test_daemon_sigkilled_with_busy_worker_restart_gets_lock(
         workspace: Workspace, daemons: list[Daemon]) -> None:
     ws = workspace
-    add_photos(ws.images, 60, seed=9, size=(1600, 1200))
+    add_slow_photos(ws.images, 40, seed=9)
     ws.snapshot()
     daemon = Daemon(ws, config_for(ws))
     daemons.append(daemon.start())
@@ -646,7 +679,7 @@ def test_daemon_sigkilled_with_busy_worker_restart_gets_lock(
     assert daemon.proc is not None
     kill_and_reap(daemon.proc)
     daemon.start()  # at once: workers of the dead daemon may still be finishing a photo
-    daemon.wait_idle(images=44 + 60)
+    daemon.wait_idle(images=44 + 40)
     assert "already running" not in daemon.log()
     daemon.stop()
     assert_recovered(ws)
