@@ -18,7 +18,6 @@ allocator (arenas with a live object left in them) is not the C heap's: this can
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -34,8 +33,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 def _find_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        # The running program's own symbols (libc among them), not find_library("c"): that
+        # forks ``ldconfig -p`` at every start, a stray child beside the hashing workers.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # no glibc: nothing to trim with
         return None
     trim.argtypes = [ctypes.c_size_t]

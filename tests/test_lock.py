@@ -39,8 +39,13 @@ def _holder(lock_path: Path, *, fork_child: bool = False) -> tuple[subprocess.Po
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
-    line = process.stdout.readline().split()
-    assert line and line[0] == "READY", line
+    try:
+        line = process.stdout.readline().split()
+        assert line and line[0] == "READY", line
+    except BaseException:
+        process.kill()  # not left running (nor its pipes open) to fail a later test
+        process.communicate()
+        raise
     return process, int(line[1])
 
 

@@ -447,7 +447,12 @@ def test_non_empty_or_foreign_mount_point_is_refused_and_untouched(
         config = write_config(workspace, output=str(output), output_mode="mount")
         daemon = DaemonProcess(workspace, config).start()
         assert daemon.proc is not None
-        assert daemon.proc.wait(timeout=120) == 73, daemon.log()
+        try:
+            assert daemon.proc.wait(timeout=120) == 73, daemon.log()
+        finally:
+            if daemon.proc.poll() is None:  # it mounted after all: not left running
+                daemon.proc.kill()
+                daemon.proc.wait()
         assert "imgclusterd will not mount" in daemon.log() or "not empty" in daemon.log()
         assert mount_state(output) == "not mounted"
     assert (busy / "notes.txt").read_text() == "mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -118,21 +119,28 @@ def test_sigkilled_worker_is_replaced_and_no_file_is_lost(tmp_path, slow_file):
 def test_path_that_breaks_the_pool_twice_is_reported(slow_file):
     """Killed twice while it is the only task in flight: reported, not retried forever."""
     killed: list[int] = []
+    done = threading.Event()
     with HashPool(PLAN, workers=1) as pool:
 
         def killer():
-            while len(killed) < 2:
-                pids = [p for p in _wait_for(pool.worker_pids) if p not in killed]
+            # Ends with the test: a thread left behind would fail a later test when it raised.
+            while len(killed) < 2 and not done.is_set():
+                pids = [p for p in pool.worker_pids() if p not in killed]
                 if pids:
-                    time.sleep(0.2)  # let it get into the decode
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
+                    time.sleep(0.2)  # let it get into the decode (~2.5 s long)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pids[0], signal.SIGKILL)
+                        killed.append(pids[0])
                 time.sleep(0.01)
 
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
-        results = list(pool.map([slow_file]))
-        thread.join(timeout=30)
+        try:
+            results = list(pool.map([slow_file]))
+        finally:
+            done.set()
+            thread.join(timeout=30)
+        assert not thread.is_alive()
         assert [(r.path, r.error) for r in results] == [(slow_file, CRASHED)]
         assert pool.restarts == 2
         assert hash_file(slow_file, PLAN).error is None  # the file itself is fine

@@ -237,12 +237,15 @@ class UserManager:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 20
-        while self.state() not in ("running", "degraded"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = (self.root / "manager.log").read_text(errors="replace")[-600:]
-                pytest.skip(f"could not start a systemd user manager here: {tail.strip()!r}")
-            time.sleep(0.05)
+        try:
+            while self.state() not in ("running", "degraded"):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.root / "manager.log").read_text(errors="replace")[-600:]
+                    pytest.skip(f"could not start a systemd user manager here: {tail.strip()!r}")
+                time.sleep(0.05)
+        except BaseException:  # the skip, or systemctl timing out: no manager left behind
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -285,8 +288,10 @@ def user_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserManag
         pytest.skip(f"systemd is not installed ({SYSTEMD} or systemctl missing)")
     manager = UserManager(tmp_path_factory.mktemp("user-manager"))
     manager.start()
-    yield manager
-    manager.stop()
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture
