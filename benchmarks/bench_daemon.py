@@ -71,6 +71,8 @@ def write_config(root: Path, args: argparse.Namespace) -> Path:
         f'watcher = "{args.watcher}"\n'
         f"workers = {args.workers}\n"
         + (f"generation_grace = {args.grace}\n" if args.grace is not None else "")
+        # bench_library --set KEY=VALUE: any other setting, as a TOML line
+        + "".join(f"{setting}\n" for setting in getattr(args, "set", None) or [])
     )
     return path
 

@@ -408,11 +408,15 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the first of --n)")
     parser.add_argument("--index-timeout", type=float, default=4 * 3600.0)
     parser.add_argument("--no-size", action="store_true", help="skip the output area's du/find")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="another config setting, as a TOML line (repeatable), e.g. "
+                             "--set explorer=false")
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, debounce {args.debounce}s, "
           f"gap {args.gap}s, generation_grace "
-          f"{'default' if args.grace is None else args.grace}", flush=True)
+          f"{'default' if args.grace is None else args.grace}"
+          + "".join(f", {setting}" for setting in args.set or []), flush=True)
     results = []
     for n in args.n:
         results.append(bench(n, args))
