@@ -392,11 +392,14 @@ class Daemon:
         self._retry_at = None
         if not batch:
             return
-        why = ", ".join(batch.reasons) if batch.rescan else f"{len(batch.paths)} changed paths"
+        why = ", ".join(
+            [*batch.reasons, *([f"{len(batch.paths)} changed paths"] if batch.paths else [])]
+        )
         log.debug("refresh: %s", why)
         self._set_phase("scanning")
         try:
-            # Only a rescan walks the whole folder; a batch of events looks at its paths.
+            # Only a rescan walks the whole folder; a batch of events looks at its paths (a
+            # rewrite alone at none).
             report = self.pipeline.refresh(dirty=None if batch.rescan else batch.paths)
         except ImagesFolderError as exc:
             self._wait_for_root(str(exc))
@@ -509,7 +512,7 @@ class Daemon:
         if made:
             log.info("made %d thumbnails in idle time (%d still missing)", made, left)
             if not left and self.config.explorer:
-                self.debouncer.request_rescan("new thumbnails for the explorer page")
+                self.debouncer.request_rewrite("new thumbnails for the explorer page")
         return made > 0
 
     def _retry_later(self, message: str, batch: Batch) -> None:
@@ -729,7 +732,8 @@ def _merge(first: Batch, second: Batch) -> Batch:
     """One batch holding both (a failed batch and what arrived while it waited)."""
     reasons = first.reasons + [r for r in second.reasons if r not in first.reasons]
     return Batch(paths=first.paths | second.paths, rescan=first.rescan or second.rescan,
-                 reasons=reasons, age=max(first.age, second.age))
+                 reasons=reasons, age=max(first.age, second.age),
+                 rewrite=first.rewrite or second.rewrite)
 
 
 def _has_photos(folder: Path, extensions: tuple[str, ...]) -> bool:

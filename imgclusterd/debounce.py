@@ -30,16 +30,19 @@ class Batch:
     """What :meth:`Debouncer.take` hands to reconcile.
 
     ``age`` is how long the batch waited since its first event (for logs and status);
-    ``reasons`` says why a rescan was requested, oldest first, without repeats.
+    ``reasons`` says why a rescan (or a rewrite) was requested, oldest first, without repeats.
+    ``rewrite``: refresh even with no path, without looking at the disk (see
+    :meth:`Debouncer.request_rewrite`).
     """
 
     paths: set[str] = field(default_factory=set)
     rescan: bool = False
     reasons: list[str] = field(default_factory=list)
     age: float = 0.0
+    rewrite: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.paths) or self.rescan
+        return bool(self.paths) or self.rescan or self.rewrite
 
 
 class Debouncer:
@@ -64,6 +67,7 @@ class Debouncer:
         self._lock = threading.Lock()
         self._paths: set[str] = set()
         self._rescan = False
+        self._rewrite = False
         self._reasons: list[str] = []
         self._first: float | None = None  # first event of the current batch
         self._last: float | None = None  # most recent event of the current batch
@@ -83,6 +87,17 @@ class Debouncer:
         with self._lock:
             self._touch(self._now(now))
             self._rescan = True
+            if reason and reason not in self._reasons:
+                self._reasons.append(reason)
+        self._changed()
+
+    def request_rewrite(self, reason: str = "", now: float | None = None) -> None:
+        """Ask for a refresh that looks at no path: what the output shows changed although the
+        images folder did not (new thumbnails for the explorer page). A rescan would do it too,
+        but walks the whole folder: ~20 s at 100,000 photos, for one thumbnail."""
+        with self._lock:
+            self._touch(self._now(now))
+            self._rewrite = True
             if reason and reason not in self._reasons:
                 self._reasons.append(reason)
         self._changed()
@@ -120,15 +135,18 @@ class Debouncer:
         """Return the pending batch (due or not: the caller decides) and start a fresh one."""
         with self._lock:
             age = 0.0 if self._first is None else max(0.0, self._now(now) - self._first)
-            batch = Batch(paths=self._paths, rescan=self._rescan, reasons=self._reasons, age=age)
+            batch = Batch(paths=self._paths, rescan=self._rescan, reasons=self._reasons, age=age,
+                          rewrite=self._rewrite)
             self._paths = set()
-            self._rescan = False
+            self._rescan = self._rewrite = False
             self._reasons = []
             self._first = self._last = None
         if batch:
             logger.debug(
                 "batch of %d path(s)%s after %.2fs",
-                len(batch.paths), " + full rescan" if batch.rescan else "", batch.age,
+                len(batch.paths),
+                " + full rescan" if batch.rescan else " + rewrite" if batch.rewrite else "",
+                batch.age,
             )  # fmt: skip
         return batch
 

@@ -99,6 +99,25 @@ def test_rescan_flag() -> None:
     assert not d.full_rescan and not d.take().rescan
 
 
+def test_rewrite_is_a_batch_without_a_rescan() -> None:
+    """New thumbnails ask for the page again: a batch of its own, due like any other, that
+    walks nothing unless a rescan was asked for too."""
+    clock = Clock()
+    d = Debouncer(quiet=1.0, max_delay=5.0, clock=clock)
+    d.request_rewrite("new thumbnails for the explorer page")
+    assert d.pending() and not d.full_rescan and len(d) == 0 and not d.due()
+    clock.now += 1.0
+    batch = d.take()
+    assert batch and batch.rewrite and not batch.rescan and not batch.paths
+    assert batch.reasons == ["new thumbnails for the explorer page"]
+    assert not d.take()
+    d.request_rewrite("new thumbnails for the explorer page")
+    d.add({"a.jpg"})
+    d.request_rescan("periodic rescan")
+    batch = d.take()
+    assert batch.rewrite and batch.rescan and batch.paths == {"a.jpg"}
+
+
 def test_on_change_wakes_the_loop_and_its_errors_are_contained() -> None:
     woken = threading.Event()
     d = Debouncer(quiet=1.0, max_delay=5.0, clock=Clock(), on_change=woken.set)

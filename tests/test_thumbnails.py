@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from skimage import data
 
 from imgclusterd import hashing
 from imgclusterd.algorithms import DEFAULT_ALGORITHMS
+from imgclusterd.explorer import DATA_FILE
 from imgclusterd.hashing import HashPlan, hash_file, thumbnail_file
 from imgclusterd.thumbnails import (
     THUMBNAIL_FOLDER,
@@ -31,6 +33,7 @@ from imgclusterd.thumbnails import (
 )
 
 from .conftest import DaemonProcess, Workspace, wait_for
+from .test_catalog import page_data
 
 
 def big_photo_jpeg(path: Path, name: str = "astronaut", scale: int = 5) -> Path:
@@ -272,7 +275,22 @@ def test_daemon_makes_missing_thumbnails_in_idle_time(workspace):
         expected = store_digests(workspace.state)
         wait_for(lambda: thumbnail_digests(folder) == expected, "the idle thumbnail pass")
         daemon.assert_alive()
+
+        # The page is written again with them, by a refresh that walks nothing: the images
+        # folder did not change (a rescan for it took ~20 s at 100,000 photos).
+        def page_shows_them() -> dict[str, Any] | None:
+            daemon.assert_alive()
+            try:
+                page = page_data({DATA_FILE: (workspace.output / DATA_FILE).read_bytes()})
+            except FileNotFoundError:
+                return None  # the first generation is not there yet
+            if sum(1 for thumb in page.get("thumbs", []) if thumb) != 44:
+                return None
+            return daemon.status()
+
+        status = wait_for(page_shows_them, "the page with the thumbnails")
         wait_for(lambda: daemon.status()["phase"] == "idle", "idle again after the pass")
+        assert daemon.status()["last_refresh"]["full"] is False, status
     finally:
         if daemon.proc is not None:
             daemon.proc.terminate()
