@@ -315,8 +315,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 # Photos hashed before thumbnails existed (new ones got theirs while hashed).
                 report.thumbnails_made, _ = pipeline.make_thumbnails()
                 if report.thumbnails_made and config.explorer:
-                    # The page just written lacks them: write it again (the tree is reused).
-                    report.generation = pipeline.refresh().generation
+                    # The page just written lacks them: write it again (the tree is reused;
+                    # the folder, just walked, is not walked again).
+                    report.generation = pipeline.refresh(dirty=()).generation
     finally:
         lock.release()
     if printer:

@@ -246,6 +246,9 @@ def test_thumbnails_off_then_on_makes_them_for_photos_hashed_before(workspace):
     assert " 0 hashed now" in result.stdout  # not re-hashed: the background pass made them
     assert thumbnail_digests(folder) == store_digests(workspace.state)
     assert max(opened(next(folder.rglob("*.jpg")))[0]) == 64
+    # and the page shows them: the scan wrote it again once they were made
+    page = page_data({DATA_FILE: (workspace.output / DATA_FILE).read_bytes()})
+    assert sum(1 for thumb in page.get("thumbs", []) if thumb) == 44
 
 
 def test_thumbnail_goes_when_no_photo_has_its_content(workspace):
