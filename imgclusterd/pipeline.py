@@ -255,24 +255,14 @@ class Pipeline:
         report = RefreshReport()
 
         self.progress("scanning", 0, 0)
-        listing, known = self._look(dirty, report)
-        report.skipped = listing.skipped
-        if (
-            report.full
-            and not listing.files
-            and known
-            and "" not in listing.unlisted
-        ):
-            raise ImagesFolderError(
-                f"images folder {self.images} is empty but {len(known)} photos are known; "
-                "keeping them and the output (is a drive unmounted?)"
-            )
-        names = [a.name for a in self.algorithms]
-        ids = None if report.full else [r.id for r in known.values()]
-        complete = self.store.complete_ids(names, self.plan.decode, ids)
-        work = reconcile.plan(
-            listing.files, known, complete, self.plan.decode, unseen=listing.unseen
-        )
+        listing, known, work = self._look_and_plan(dirty, report)
+        if not report.full and self._mass_removal(len(work.removed)):
+            # Most photos gone at once, seen through events (files moved away one by one, a
+            # folder deleted): look at the whole folder before holding them as vanished, as a
+            # rescan would; it may be empty (waiting for the photos, not a removal at all).
+            log.info("%d of the known photos vanished at once: looking at the whole folder",
+                     len(work.removed))
+            listing, known, work = self._look_and_plan(None, report)
         report.kept = len(work.kept)
         if report.full:
             self._record_folder_warnings(listing, work)
@@ -560,6 +550,31 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------
 
+    def _look_and_plan(
+        self, dirty: Iterable[str] | None, report: RefreshReport
+    ) -> tuple[reconcile.Listing, dict[str, FileRecord], reconcile.Plan]:
+        """The disk and the store's records for the scope (see :meth:`_look`), and what to do
+        about them. Raises ImagesFolderError for an empty folder where photos are known."""
+        listing, known = self._look(dirty, report)
+        report.skipped = listing.skipped
+        if (
+            report.full
+            and not listing.files
+            and known
+            and "" not in listing.unlisted
+        ):
+            raise ImagesFolderError(
+                f"images folder {self.images} is empty but {len(known)} photos are known; "
+                "keeping them and the output (is a drive unmounted?)"
+            )
+        names = [a.name for a in self.algorithms]
+        ids = None if report.full else [r.id for r in known.values()]
+        complete = self.store.complete_ids(names, self.plan.decode, ids)
+        work = reconcile.plan(
+            listing.files, known, complete, self.plan.decode, unseen=listing.unseen
+        )
+        return listing, known, work
+
     def _look(
         self, dirty: Iterable[str] | None, report: RefreshReport
     ) -> tuple[reconcile.Listing, dict[str, FileRecord]]:
@@ -640,9 +655,9 @@ class Pipeline:
         grace = self.config.mass_removal_grace
         missing = len(work.removed)
         if hold is None:
-            known = self.store.counts()["known"]
-            if missing < MASS_REMOVAL_MIN or missing <= self.config.mass_removal_fraction * known:
+            if not self._mass_removal(missing):
                 return
+            known = self.store.counts()["known"]
             hold = {"since": now, "changed": now, "missing": missing, "known": known}
             log.warning(
                 "%d of %d known photos vanished at once; keeping them and the output for "
@@ -666,6 +681,14 @@ class Pipeline:
         report.held_until = hold["changed"] + grace
         work.removed = []
         self.store.set_state("vanish_hold", hold)
+
+    def _mass_removal(self, missing: int) -> bool:
+        """Would removing ``missing`` photos now be held as a mass disappearance (when none is
+        held yet)? At least MASS_REMOVAL_MIN and more than ``mass_removal_fraction`` of the
+        known photos."""
+        if missing < MASS_REMOVAL_MIN or self.store.get_state("vanish_hold") is not None:
+            return False
+        return missing > self.config.mass_removal_fraction * self.store.counts()["known"]
 
     def _apply_moves(
         self,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from imgclusterd.config import Config, load_config
+from imgclusterd.errors import ImagesFolderError
 from imgclusterd.pipeline import Pipeline
 from imgclusterd.store import STORE_NAME, Store
 
@@ -100,6 +101,30 @@ def test_dirty_folder_is_walked_alone(tmp_path: Path,
     assert store_view(pipeline.config) == full_scan(tmp_path, images, "clean")[0]
 
 
+@pytest.mark.parametrize("left", [2, 0])
+def test_most_photos_gone_through_events_looks_at_the_whole_folder(
+        tmp_path: Path, library: tuple[Path, Pipeline, list[str]], left: int) -> None:
+    """Photos moved away one by one (or a folder of most of them deleted) arrive as events;
+    before holding them as vanished the refresh looks at the whole folder, as a rescan would:
+    it may be empty (a drive's photos gone: wait, remove nothing)."""
+    images, pipeline, listed = library
+    away = tmp_path / "away"
+    away.mkdir()
+    photos = sorted(images.rglob("*.jpg"))[: len(list(images.rglob("*.jpg"))) - left]
+    for photo in photos:
+        os.rename(photo, away / photo.name)
+    dirty = [str(photo) for photo in photos]
+    if left:
+        report = pipeline.refresh(dirty=dirty)
+        assert report.full and listed, "the refresh looked only at the reported paths"
+        assert report.held == len(photos) == 10  # held as vanished, not removed
+        assert len(store_view(pipeline.config)) == 12
+    else:
+        with pytest.raises(ImagesFolderError, match="is empty but 12 photos are known"):
+            pipeline.refresh(dirty=dirty)
+        assert len(store_view(pipeline.config)) == 12
+
+
 def test_events_outside_the_folder_and_temporary_names_are_ignored(
         library: tuple[Path, Pipeline, list[str]]) -> None:
     images, pipeline, listed = library
@@ -132,8 +157,17 @@ def test_daemon_hands_its_batches_to_a_dirty_refresh(workspace: Workspace) -> No
                                    else None)(last()), "the refresh of the new photo")
         assert second["full"] is False
         assert "looked at the changed paths" in daemon.log()
+        # A new album (a folder event): that folder is walked, not the whole tree.
+        album = [put(ws.images / "2026 Rome" / "day 1", f"r{n}.jpg",
+                     encode(smooth(4300 + n), "JPEG")) for n in range(2)]
+        ws.snapshot()
+        wait_for(lambda: {str(p) for p in album} <= set(output_links(ws.output).values()),
+                 "the album in the output")
+        third = wait_for(lambda: (lambda r: r if r and r["finished"] != second["finished"]
+                                  else None)(last()), "the refresh of the album")
+        assert third["full"] is False
         daemon.proc.send_signal(1)  # SIGHUP: a full rescan
-        wait_for(lambda: (lambda r: r if r and r["finished"] != second["finished"]
+        wait_for(lambda: (lambda r: r if r and r["finished"] != third["finished"]
                           else None)(last()), "the rescan after SIGHUP")
         assert last()["full"] is True
     finally:
