@@ -102,23 +102,25 @@ class HashPool:
             while True:
                 if stop is not None and stop.is_set():
                     return
+                broken: list[str] = []  # in flight when the pool broke
+                unsent: list[str] = []  # found it broken when submitted: not their fault
                 # A suspect runs with nothing else in flight, so a crash names its culprit.
                 if suspects:
                     if not in_flight:
-                        path = suspects.popleft()
-                        in_flight[self._submit(path, task)] = path
+                        self._submit_into(in_flight, suspects.popleft(), task, unsent)
                 else:
-                    while not exhausted and len(in_flight) < limit:
+                    while not exhausted and len(in_flight) < limit and not unsent:
                         try:
                             path = next(source)
                         except StopIteration:
                             exhausted = True
                             break
-                        in_flight[self._submit(path, task)] = path
-                if not in_flight:
+                        self._submit_into(in_flight, path, task, unsent)
+                if not in_flight and not unsent:
                     return
-                done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-                broken: list[str] = []
+                done: set[Future[HashResult]] = set()
+                if not unsent:
+                    done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 for future in done:
                     path = in_flight.pop(future)
                     try:
@@ -128,13 +130,13 @@ class HashPool:
                     except Exception as exc:  # a pickling problem, say: report, go on
                         logger.warning("hashing %s failed in the pool: %r", path, exc)
                         yield HashResult(path, None, None, error=f"hashing failed: {exc!r}")
-                if broken:
+                if broken or unsent:
                     # Every other task in flight fails the same way: collect them too.
                     for future, path in list(in_flight.items()):
                         del in_flight[future]
                         future.cancel()
                         broken.append(path)
-                    self._replace_broken_executor(broken)
+                    self._replace_broken_executor([*broken, *unsent])
                     alone = len(broken) == 1
                     for path in broken:
                         strikes[path] = strikes.get(path, 0) + 1
@@ -142,6 +144,7 @@ class HashPool:
                             yield HashResult(path, None, None, error=CRASHED)
                         else:
                             suspects.append(path)
+                    suspects.extend(unsent)
         finally:
             for future in in_flight:
                 future.cancel()
@@ -193,6 +196,23 @@ class HashPool:
                 initargs=(self.plan.max_image_pixels,),
             )
         return self._executor.submit(task, path, self.plan)
+
+    def _submit_into(
+        self,
+        in_flight: dict[Future[HashResult], str],
+        path: str,
+        task: Callable[[str, HashPlan], HashResult],
+        unsent: list[str],
+    ) -> None:
+        """Submit ``path`` into ``in_flight``; when the pool is found broken while doing so,
+        put it in ``unsent`` instead. A worker killed while the executor started another one
+        made ``submit`` itself fail (BrokenProcessPool, or OSError from the fork server's
+        hand-over), which ended the whole scan; it is a broken pool like any other."""
+        try:
+            in_flight[self._submit(path, task)] = path
+        except (BrokenProcessPool, OSError) as exc:
+            logger.debug("submitting %s found the pool broken: %r", path, exc)
+            unsent.append(path)
 
     def _replace_broken_executor(self, paths: list[str]) -> None:
         self.restarts += 1

@@ -116,6 +116,24 @@ def test_sigkilled_worker_is_replaced_and_no_file_is_lost(tmp_path, slow_file):
     assert all(r.error is None and r.hashes for r in results)
 
 
+def test_pool_found_broken_when_submitting_is_replaced(tmp_path):
+    """A worker killed between two maps (or while the executor starts another one) leaves the
+    executor broken, and its ``submit`` raises: that ended a whole scan (found by the fault
+    suite). It is a broken pool like any other: replaced, and every path hashed."""
+    paths = _small_files(tmp_path, 6)
+    with HashPool(PLAN, workers=2) as pool:
+        assert all(r.error is None for r in pool.map(paths[:2]))
+        for pid in pool.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        # Read (not patched) to wait for: the executor marks itself broken on its own thread.
+        executor = pool._executor
+        _wait_for(lambda: getattr(executor, "_broken", False))
+        results = list(pool.map(paths))
+        assert pool.restarts == 1
+    assert Counter(r.path for r in results) == Counter(paths)
+    assert all(r.error is None and r.hashes for r in results)
+
+
 def test_path_that_breaks_the_pool_twice_is_reported(slow_file):
     """Killed twice while it is the only task in flight: reported, not retried forever."""
     killed: list[int] = []
