@@ -222,8 +222,10 @@ class HashPool:
             len(paths),
         )
         executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        # Its live workers are killed, not waited for: Python 3.11's broken executor waits for
+        # each to exit on its own, and an idle one never does (a scan hung for good when a
+        # worker was killed while the executor started another; Python 3.12 kills them itself).
+        self._close(executor, cancel=True)
 
 
 def _init_worker(max_image_pixels: int | None) -> None:
