@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = ["Batch", "Debouncer"]
 
@@ -84,23 +85,13 @@ class Debouncer:
 
     def request_rescan(self, reason: str = "", now: float | None = None) -> None:
         """Ask for a full reconcile with the next batch; ``reason`` is kept for logs/status."""
-        with self._lock:
-            self._touch(self._now(now))
-            self._rescan = True
-            if reason and reason not in self._reasons:
-                self._reasons.append(reason)
-        self._changed()
+        self._request("rescan", reason, now)
 
     def request_rewrite(self, reason: str = "", now: float | None = None) -> None:
         """Ask for a refresh that looks at no path: what the output shows changed although the
         images folder did not (new thumbnails for the explorer page). A rescan would do it too,
         but walks the whole folder: ~20 s at 100,000 photos, for one thumbnail."""
-        with self._lock:
-            self._touch(self._now(now))
-            self._rewrite = True
-            if reason and reason not in self._reasons:
-                self._reasons.append(reason)
-        self._changed()
+        self._request("rewrite", reason, now)
 
     @property
     def full_rescan(self) -> bool:
@@ -154,6 +145,17 @@ class Debouncer:
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
+
+    def _request(self, what: Literal["rescan", "rewrite"], reason: str, now: float | None) -> None:
+        with self._lock:
+            self._touch(self._now(now))
+            if what == "rescan":
+                self._rescan = True
+            else:
+                self._rewrite = True
+            if reason and reason not in self._reasons:
+                self._reasons.append(reason)
+        self._changed()
 
     def _touch(self, now: float) -> None:
         # Called with the lock held. The batch's clock starts at its first event; max_delay is
