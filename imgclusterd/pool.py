@@ -41,6 +41,9 @@ CRASHED = "crashed the hashing worker"
 _PR_SET_PDEATHSIG = 1
 #: How often map() wakes up to look at the stop event while tasks run.
 _POLL_SECONDS = 0.1
+#: Submits in a row that may find the pool broken (each time replaced) before the error is
+#: raised: a worker killed while another starts is one; a machine that cannot fork is many.
+_MAX_REFUSALS = 3
 
 
 class HashPool:
@@ -60,6 +63,7 @@ class HashPool:
         # When map() last started or ended (see Pipeline.release_idle_pool).
         self.used_at = time.monotonic()
         self.restarts = 0  # how many times a broken pool was replaced (for status/tests)
+        self._refusals = 0  # submits in a row that found the pool broken
 
     def __enter__(self) -> HashPool:
         return self
@@ -211,8 +215,15 @@ class HashPool:
         try:
             in_flight[self._submit(path, task)] = path
         except (BrokenProcessPool, OSError) as exc:
+            # A new pool that cannot take a task either (no fork, no file descriptor left) is
+            # not a killed worker: after a few, the error is the caller's, not a retry loop's.
+            self._refusals += 1
+            if self._refusals > _MAX_REFUSALS:
+                raise
             logger.debug("submitting %s found the pool broken: %r", path, exc)
             unsent.append(path)
+        else:
+            self._refusals = 0
 
     def _replace_broken_executor(self, paths: list[str]) -> None:
         self.restarts += 1

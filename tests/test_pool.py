@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -132,6 +134,32 @@ def test_pool_found_broken_when_submitting_is_replaced(tmp_path):
         assert pool.restarts == 1
     assert Counter(r.path for r in results) == Counter(paths)
     assert all(r.error is None and r.hashes for r in results)
+
+
+_NO_FILE_LEFT = """
+import os, resource, sys
+from imgclusterd.algorithms import DEFAULT_ALGORITHMS
+from imgclusterd.hashing import HashPlan
+from imgclusterd.pool import HashPool
+limit = len(os.listdir("/proc/self/fd")) + 4  # too few for the pool's pipes
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+with HashPool(HashPlan(DEFAULT_ALGORITHMS), workers=2) as pool:
+    try:
+        list(pool.map([sys.argv[1]]))
+    except OSError as exc:
+        print("raised", exc.errno, pool.restarts)
+"""
+
+
+def test_a_pool_that_can_never_start_raises_instead_of_retrying_forever(tmp_path):
+    """A submit that finds the pool broken is retried on a new pool, but a machine where no
+    pool can start (here: no file descriptor left for its pipes; a real subprocess, since the
+    limit is per process) gets the error after a few tries, not an endless loop."""
+    photo = _small_files(tmp_path, 1)[0]
+    result = subprocess.run([sys.executable, "-c", _NO_FILE_LEFT, photo],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("raised "), (result.stdout, result.stderr[-2000:])
+    assert int(result.stdout.split()[2]) <= 4  # pools replaced before giving up
 
 
 def test_path_that_breaks_the_pool_twice_is_reported(slow_file):
