@@ -705,7 +705,8 @@ class Pipeline:
             self.store.move(old, new, disk[new], now)
         # Kept by digest for vanished_retention: a photo that comes back is not decoded again.
         self.store.retire(removed, now)
-        report.moved, report.removed = len(work.moved), len(removed)
+        report.moved += len(work.moved)  # (moves recognised by content are counted before)
+        report.removed = len(removed)
         for old, new in work.moved:
             log.info("moved: %s -> %s (not re-hashed)", old, new)
         if removed:
@@ -768,9 +769,30 @@ class Pipeline:
             if source is None or source.decode != self.plan.decode:
                 remaining.append(path)
                 continue
+            if self._arrived_from(source, disk[path], disk):
+                self.store.move(source.path, path, disk[path], now)
+                report.moved += 1
+                log.info("moved: %s -> %s (not re-hashed)", source.path, path)
+                continue
             self.store.copy_hashes(source, path, disk[path], now)
             report.copies += 1
             log.info("recognised %s as a copy of %s (not re-hashed)", path, source.path)
+
+    def _arrived_from(
+        self, source: FileRecord, facts: reconcile.Facts, disk: dict[str, reconcile.Facts]
+    ) -> bool:
+        """Is this new path the same file (inode) as the known photo ``source``, which left a
+        path this refresh did not look at? A move whose departure is still on its way:
+        watchdog holds a move's first half ~0.5 s to pair it with its second, and a move into
+        a folder not watched yet never pairs, so the folder's walk can come first. Without
+        this, the photo was a copy for one refresh (two paths, one gone) and removed in the
+        next."""
+        return (
+            source.gone is None
+            and (source.inode, source.device) == (facts[2], facts[3])
+            and source.path not in disk
+            and not os.path.lexists(os.path.join(self.images, source.path))
+        )
 
     def _hash(self, paths: list[str], report: RefreshReport) -> None:
         if not paths:
