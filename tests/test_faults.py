@@ -103,9 +103,9 @@ def add_photos(folder: Path, count: int, seed: int, size: tuple[int, int] = (320
 def add_slow_photos(folder: Path, count: int, seed: int) -> list[Path]:
     """Photos that keep the hashing workers busy for seconds, for kills that must land mid-hash.
 
-    PNG, not JPEG: a JPEG is decoded drafted at 1/8 scale, and a fast machine hashed 60 of
-    1600x1200 in less than the pause a test took before its kill, which then found the workers
-    gone (a CI failure). A PNG is decoded whole (~50 ms at this size).
+    PNG, not JPEG: a JPEG is decoded drafted at 1/8 scale, so a few dozen of this size hash in
+    about a second on a fast machine; a PNG is decoded whole (~50 ms each here), which leaves
+    seconds of hashing for the kill to land in.
     """
     return [put(folder, f"slow{seed}_{n:03d}.png",
                 encode(smooth(seed * 1000 + n, (1600, 1200)), "PNG", compress_level=1),
