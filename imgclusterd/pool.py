@@ -233,9 +233,9 @@ class HashPool:
             len(paths),
         )
         executor, self._executor = self._executor, None
-        # Its live workers are killed, not waited for: Python 3.11's broken executor waits for
-        # each to exit on its own, and an idle one never does (a scan hung for good when a
-        # worker was killed while the executor started another; Python 3.12 kills them itself).
+        # Its live workers are killed here, not waited for: a worker the executor was starting
+        # while another was killed joins it after the executor's own clean-up terminated the
+        # others, and that clean-up then waits for it forever (a scan hung for good).
         self._close(executor, cancel=True)
 
 
