@@ -1802,3 +1802,63 @@ def test_a_whole_tree_write_leaves_the_old_pool_to_idle_time_in_the_daemon(
     assert kept < left
     assert all(entry[:32] in live for entry in kept)
     assert_collected(output)
+
+
+def test_patches_staged_in_two_threads_give_the_same_trees(tmp_path: Path) -> None:
+    """Delta writes whose patches are staged by two threads (``stage_parallel_min=0``: every
+    write with two patches or more splits them) write exactly the tree, keep exactly what
+    the generations reach, and name each new photo link's shared inode once although both
+    threads may place it at the same moment (``LinkStore._create``)."""
+    links = make_images(tmp_path / "images", 40)
+    output = tmp_path / "out"
+    clock = Clock()
+    writer = OutputWriter(output, grace_seconds=0, clock=clock, recycle_min=1,
+                          stage_parallel_min=0)  # fmt: skip
+    tree = chain_tree(links[:30])
+    writer.write(tree)
+    rng = random.Random(5)
+    threaded = 0
+    for k in range(20):
+        new = mutate(tree, links, rng)
+        clock.now += 1
+        report = writer.write_delta(delta_between(tree, new))
+        tree = new
+        threaded += report.patches_threaded
+        assert report.planned == "delta"
+        assert read_tree(str(output)) == expected(tree)
+        assert_collected(output)
+        if k % 3 == 0:
+            writer.prepare_spares(lambda: False)
+    assert threaded > 0  # the second thread did stage patches
+    assert not [t for t in threading.enumerate() if t.name.startswith("imgclusterd-stage")]
+
+
+@pytest.mark.parametrize("failing", ["this thread", "other thread"])
+def test_a_patch_failing_to_stage_fails_the_write_and_leaves_no_thread(
+    tmp_path: Path, failing: str
+) -> None:
+    """An error while staging a patch, in either thread, is raised (the write fails, the
+    old generation stays); the other thread is gone by then and has finished its jobs."""
+    from imgclusterd.output.area import symlink_at
+    from imgclusterd.output.staging import PatchJob, split, stage_patches
+
+    sizes = [50, 50, 50, 60] if failing == "this thread" else [60, 50, 50, 55]
+    jobs = []
+    for i, size in enumerate(sizes):
+        folder = tmp_path / f"f{i}"
+        folder.mkdir()
+        for n in range(size):
+            os.symlink(f"../t{n}", folder / f"{n + 1:03d}_2")
+        moved = {f"{n + 2:03d}_2": f"{n + 1:03d}_2" for n in range(size)}  # all renumbered
+        if i == 3:
+            moved["999_2"] = "nothing_here"  # not in the folder: staging it fails
+        jobs.append(PatchJob(f"d{i}", folder, True, ((), {}, moved), tmp_path / "no-base",
+                             ((), {}, {}), symlink_at))  # fmt: skip
+    mine, other = split(jobs, parallel_min=0)
+    assert (jobs[3] in mine) == (failing == "this thread")
+    with pytest.raises(FileNotFoundError):  # (the fallback has no base to copy either)
+        stage_patches(jobs, parallel_min=0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("imgclusterd-stage")]
+    healthy = other if failing == "this thread" else mine  # the group without the failure
+    for job in healthy:  # staged in full (every entry renumbered) before the error was raised
+        assert sorted(os.listdir(job.staging))[0] == "002_2"

@@ -240,3 +240,28 @@ def test_reader_of_an_older_schema_gets_a_clear_error_not_a_missing_column(
         assert store.counts()["flat"] == 0
     with Store.open(path, readonly=True) as reader:
         assert int(reader._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
+
+
+def test_counts_read_the_live_rows_index_not_the_table(tmp_path: Path) -> None:
+    """Every refresh counts the photos: that must not scan the whole files table (the
+    ``files_live`` index holds the live rows' status and flat flag)."""
+    with Store.open(tmp_path / "s.sqlite") as store:
+        with store.transaction():
+            store.put_hashed("a.jpg", FACTS, b"d1", {"phash_8": b"\x01" * 8}, "exact", 0)
+            store.put_hashed("b.jpg", (11, 1_000, 6, 7), b"d2", {"phash_8": b"\x02" * 8},
+                             "exact", 0)  # fmt: skip
+            store.put_unreadable("c.jpg", (12, 1_000, 8, 7), "not an image", 0)
+            store.retire(["b.jpg"], 1.0)  # vanished: not counted
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        try:
+            counts = store.counts()
+        finally:
+            store._db.set_trace_callback(None)
+        assert (counts["hashed"], counts["unreadable"], counts["known"]) == (1, 1, 2)
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert selects
+        for statement in selects:
+            rows = store._db.execute("EXPLAIN QUERY PLAN " + statement)
+            plan = " ".join(str(row[-1]) for row in rows)
+            assert "files_live" in plan, (statement, plan)

@@ -18,6 +18,7 @@ entry is made as a plain symlink instead: slower, never wrong.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -79,12 +80,19 @@ class LinkStore:
                 raise
 
     def _create(self, shard: str, canonical: str, target: str) -> None:
+        # Two threads may place the same new (name, target) at once (a delta write stages
+        # its patches in two, see ``staging``): the one that loses finds the entry made,
+        # and an entry of this key is this name and target.
         assert self._fd is not None
         try:
-            os.symlink(target, canonical, dir_fd=self._fd)
-        except FileNotFoundError:
-            os.mkdir(shard, dir_fd=self._fd)
-            os.symlink(target, canonical, dir_fd=self._fd)
+            try:
+                os.symlink(target, canonical, dir_fd=self._fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(shard, dir_fd=self._fd)
+                os.symlink(target, canonical, dir_fd=self._fd)
+        except FileExistsError:
+            return
         self.added += 1
 
     def sweep(self) -> int:

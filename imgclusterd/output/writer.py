@@ -12,13 +12,13 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgclusterd.errors import OutputError
 
-from .area import Area, area_path, remove_tree, rename_at
+from .area import Area, area_path, remove_tree
 from .delta import (
     RefCounts,
     TreeDelta,
@@ -45,8 +45,10 @@ from .plan import (
     split_extra_files,
     tree_algorithms,
 )
-from .recycle import POOL_RE, RECYCLE_MIN, Pool, copy_object
+from .recycle import POOL_RE, RECYCLE_MIN, Pool, PoolIndex
 from .retention import Record, collect, write_record
+from .staging import PARALLEL_MIN, PatchJob, Staged, stage_patches
+from .staging import Step as _Step
 
 __all__ = ["OutputWriter", "WriteReport"]
 
@@ -66,8 +68,6 @@ _LINEAGE_DEPTH = 32
 _CHANGE_EVERY_TIME = frozenset({"u", "t", "c1"})
 #: Slots whose entries a +1 renames (the clusters renumbered): threshold folders.
 _RENUMBERED = frozenset({"t"})
-#: One patch: names removed from its base, links added, entries renamed (new -> old name).
-_Step = tuple[tuple[str, ...], Mapping[str, str], Mapping[str, str]]
 
 
 @dataclass
@@ -89,6 +89,7 @@ class WriteReport:
     planned: str = "tree"  # "delta": only the changed folders were planned (write_delta)
     links_renamed: int = 0  # entries renamed while patching (renumbered clusters)
     links_copied: int = 0  # hard links made copying a patch's base (no spare, no ancestor)
+    patches_threaded: int = 0  # of objects_recycled: staged by the second thread (staging)
     cpu_seconds: float = 0.0  # CPU time of the writing thread (the rest of seconds: waiting)
 
 
@@ -103,6 +104,7 @@ class _Counts:
     repaired: int = 0
     renamed: int = 0
     copied: int = 0
+    threaded: int = 0
 
 
 class OutputWriter:
@@ -127,6 +129,7 @@ class OutputWriter:
         hooks: WriteHooks | None = None,
         recycle_min: int = RECYCLE_MIN,
         lean: bool = False,
+        stage_parallel_min: int = PARALLEL_MIN,
     ) -> None:
         if keep_generations < 2:
             raise ValueError("keep_generations must be at least 2 (the current and the previous)")
@@ -143,6 +146,7 @@ class OutputWriter:
         # counts from there (its name was given before the flush, which may take seconds).
         self._swapped_at: dict[str, float] = {}
         self.lean = lean
+        self._stage_parallel_min = stage_parallel_min  # see staging (tests: 0, always two)
         # The tree of generation _model_generation, for write_delta (None: plan in full).
         self._model: TreeModel | None = None
         self._model_generation: str | None = None
@@ -468,6 +472,7 @@ class OutputWriter:
             objects_repaired=counts.repaired,
             links_renamed=counts.renamed,
             links_copied=counts.copied,
+            patches_threaded=counts.threaded,
             cpu_seconds=time.thread_time() - started[1],
         )
         log.info(
@@ -796,6 +801,30 @@ class OutputWriter:
             existing = set(os.listdir(area.objects))
         index = pool.index()
         spares = {entry.split("~", 1)[0]: entry for entry in os.listdir(area.pool)}
+        # Patches first: each takes its spare now (before a recycled folder could), and their
+        # entries are renamed, unlinked and linked in two threads (see ``staging``); each is
+        # published below, in plan order.
+        jobs = [
+            self._patch_job(digest, obj, spares, index.used)
+            for digest, obj in objects.items()
+            if obj.base is not None and digest not in existing
+        ]
+        staged, counts.threaded = stage_patches(jobs, self._stage_parallel_min)
+        self._place_objects(objects, existing, staged, index, counts, progress, whole_tree)
+
+    def _place_objects(
+        self,
+        objects: dict[str, PlannedObject],
+        existing: set[str],
+        staged: dict[str, Staged],
+        index: PoolIndex,
+        counts: _Counts,
+        progress: Callable[[int, int], None] | None,
+        whole_tree: bool,
+    ) -> None:
+        """Put each planned object in ``objects/``, children before parents: reused, repaired,
+        a staged patch published, recycled from the pool, or written fresh."""
+        area, pool = self._area, self._pool
         total = len(objects)
         reported = time.monotonic()
         # children were planned before their parents
@@ -832,14 +861,18 @@ class OutputWriter:
             if obj.base is not None:
                 if obj.size >= pool.recycle_min and obj.role is not None:
                     pool.spare_wanted.append((digest, obj.role, obj.size))
-                added, removed = self._patch(digest, obj, spares, index.used, counts)
+                done_patch = staged[digest]
+                self.hooks.at(OBJECT_STAGED)
+                area.publish(done_patch.staging, digest)
                 self._lineage[digest] = (
                     self._writes, obj.base, pack_step((obj.removed, obj.links, obj.moved))
                 )
                 counts.written += 1
                 counts.recycled += 1
-                counts.links += added
-                counts.removed += removed
+                counts.links += done_patch.added
+                counts.removed += done_patch.removed
+                counts.renamed += done_patch.renamed
+                counts.copied += done_patch.copied
                 continue
             recyclable = pool.recyclable(obj)
             if recyclable and obj.role is not None and (
@@ -860,27 +893,24 @@ class OutputWriter:
             counts.written += 1
             counts.links += len(obj.links)
 
-    def _patch(
-        self,
-        digest: str,
-        obj: PlannedObject,
-        spares: dict[str, str],
-        used: set[str],
-        counts: _Counts,
-    ) -> tuple[int, int]:
-        """Build patch object ``digest``; (entries added, entries removed).
+    def _patch_job(
+        self, digest: str, obj: PlannedObject, spares: dict[str, str], used: set[str]
+    ) -> PatchJob:
+        """What patch object ``digest`` is built from (staged later, see ``staging``).
 
-        From, cheapest first: a spare copy of its base in ``pool/``; a retired ancestor of the
-        base in ``pool/`` (an object the base was patched from, a few writes ago, that no kept
-        generation reaches any more), brought forward through the recorded patches; else a
-        hard-link copy of the base.
+        From, cheapest first: a spare copy of its base in ``pool/`` (renamed into its staging
+        place now, so no other object takes it); a retired ancestor of the base in ``pool/``
+        (an object the base was patched from, a few writes ago, that no kept generation
+        reaches any more), brought forward through the recorded patches; else a hard-link
+        copy of the base.
         """
         assert obj.base is not None
         area = self._area
         staging = area.tmp / f"rec-{digest}"
         if os.path.lexists(staging):
             remove_tree(staging)
-        steps: list[_Step] = [(obj.removed, obj.links, obj.moved)]
+        own: _Step = (obj.removed, obj.links, obj.moved)
+        steps: list[_Step] = [own]
         source = obj.base
         # (a spare or retired folder whose stamp is off was changed: not built on)
         while (
@@ -894,55 +924,27 @@ class OutputWriter:
                 break
             steps.append(unpack_step(parent[2]))
             source = parent[1]
-        place = area.placer(obj.level == 2)
+        composed = own
         if source:
             entry = spares.pop(source)
             used.add(entry)
             os.rename(area.pool / entry, staging)
             try:
                 # (as one step: an entry renumbered at each step is renamed once)
-                return self._apply_steps(
-                    staging, [compose_steps(list(reversed(steps)))], place, digest, counts
-                )
+                composed = compose_steps(list(reversed(steps)))
             except (FileNotFoundError, FileExistsError) as exc:  # not what we recorded
                 log.warning("recycled output folder %s did not match (%s); copying", entry, exc)
                 remove_tree(staging)
-        # no spare, no ancestor: a copy that leaves out what goes (one link() per entry)
-        copied = copy_object(area.objects / obj.base, staging, skip=set(obj.removed))
-        counts.copied += copied
-        log.debug("output folder %s %s copied from its base (%d entries): no spare, no "
-                  "retired ancestor", digest, obj.role, copied)
-        added, _ = self._apply_steps(
-            staging, [((), obj.links, obj.moved)], place, digest, counts
+                source = ""
+        return PatchJob(
+            digest=digest,
+            staging=staging,
+            spare=bool(source),
+            steps=composed,
+            base=area.objects / obj.base,
+            own=own,
+            place=area.placer(obj.level == 2),
         )
-        return added, 0
-
-    def _apply_steps(
-        self,
-        staging: Path,
-        steps: Iterable[_Step],
-        place: Callable[[int, str, str], None],
-        digest: str,
-        counts: _Counts,
-    ) -> tuple[int, int]:
-        added = removed = 0
-        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for gone, new, moved in steps:
-                for name in gone:
-                    os.unlink(name, dir_fd=fd)
-                # Renamed entries (a threshold folder's clusters renumbered) keep their inode.
-                rename_at(fd, moved)
-                counts.renamed += len(moved)
-                for name, target in new.items():
-                    place(fd, name, target)
-                added += len(new)
-                removed += len(gone)
-        finally:
-            os.close(fd)
-        self.hooks.at(OBJECT_STAGED)
-        self._area.publish(staging, digest)
-        return added, removed
 
 
 def pack_step(step: _Step) -> bytes:
