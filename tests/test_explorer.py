@@ -495,6 +495,41 @@ def test_data_file_grows_linearly_under_100_bytes_per_photo_per_algorithm() -> N
     assert 3.6 < large / small < 4.4
 
 
+
+def test_data_file_from_kept_entries_is_the_data_file_made_afresh() -> None:
+    """The daemon writes the page at every refresh from entries kept as escaped JSON text
+    (``PageMemo``): with photos added and removed between two writes, and names that need
+    escaping (quotes, ``<``, ``&``, backslash, non-ASCII, undecodable bytes), the file is
+    byte for byte the one made without a memo, and reads back as the photos' names."""
+    from imgclusterd.cluster import Forest
+    from imgclusterd.explorer import PageMemo, data_script
+
+    odd = ["it's <b>&amp;</b>.jpg", 'back\\slash "q".jpg', "caf\u00e9 \u2028.jpg",
+           b"raw\xff.jpg".decode("utf-8", "surrogateescape"), "plain.jpg"]
+    photos = [ExplorerPhoto(path=f"f{i % 3}/{i}-{odd[i % len(odd)]}",
+                            target=f"/lib/f{i % 3}/{i}-{odd[i % len(odd)]}",
+                            thumbnail=f"/state/t/{i:04x}.jpg" if i % 4 else None,
+                            flat=i % 7 == 0)
+              for i in range(40)]  # fmt: skip
+
+    def algorithms(n: int) -> list[ExplorerAlgorithm]:
+        forest = Forest(n, np.arange(n - 1, dtype=np.int32),
+                        np.arange(1, n, dtype=np.int32), np.arange(n - 1, dtype=np.uint16))
+        return [ExplorerAlgorithm("phash_8", range(0, 20), forest, range(n))]
+
+    memo = PageMemo()
+    for shown in (photos[:30], photos[5:], photos[5:]):  # added, removed, unchanged
+        kept = data_script(shown, algorithms(len(shown)), memo, root="/lib")
+        assert kept == data_script(shown, algorithms(len(shown)), None, root="/lib")
+    text = kept.decode("ascii").split("JSON.parse('", 1)[1].rsplit("');", 1)[0]
+    import json
+
+    data = json.loads(text.replace("\\'", "'").replace("\\\\", "\\"))
+    expected = sorted(p.path for p in photos[5:])
+    assert data["names"] == [os.fsencode(p).decode("utf-8", "replace") for p in expected]
+    assert len(data["thumbs"]) == len(expected) and "<" not in text and "&" not in text
+
+
 def _page_data(output: Path) -> dict[str, Any]:
     import json
 

@@ -118,6 +118,7 @@ class PageMemo:
         # hashing the frozen dataclass twice per photo (a Python __hash__) was ~15 ms at
         # 20,000 photos. The photo is kept with its entry, so its id is not reused meanwhile;
         # an equal photo in a new object is worked out again (the same entry).
+        # (name, URL or None, thumbnail URL), each as escaped JSON text (see data_script)
         self.entries: dict[int, tuple[ExplorerPhoto, tuple[str, str | None, str]]] = {}
 
 
@@ -154,8 +155,11 @@ def data_script(
     if memo.roots != (photo_root, thumb_root):
         memo.roots, memo.entries = (photo_root, thumb_root), {}
     known, memo.entries = memo.entries, {}  # only the photos of this page are kept
+    # Each photo's name, URL and thumbnail URL are kept as escaped JSON text (see _escape:
+    # it maps single characters, so escaping the parts is escaping the whole) and joined:
+    # dumping and escaping the ~20,000-entry lists again was most of the page's cost of a +1.
     names: list[str] = []
-    urls: dict[str, str] = {}
+    urls: list[str] = []
     thumb_urls: list[str] = []
     entries = memo.entries
     for i, photo in enumerate(ranked):
@@ -170,29 +174,24 @@ def data_script(
                 "" if photo.thumbnail is None or thumb_root is None
                 else _url_path(_relative(photo.thumbnail, thumb_root))
             )  # fmt: skip
-            entry = (name, url, thumb)
+            entry = (_js(name), None if url is None else _js(url), _js(thumb))
         entries[id(photo)] = (photo, entry)
         names.append(entry[0])
         if entry[1] is not None:
-            urls[str(i)] = entry[1]
+            urls.append(f'"{i}":{entry[1]}')
         thumb_urls.append(entry[2])
-    data: dict[str, Any] = {
-        "version": _DATA_VERSION,
-        "photoRoot": _file_url(photo_root) if ranked else "",
-        "names": names,
-        "urls": urls,
-    }
+    head = {"version": _DATA_VERSION, "photoRoot": _file_url(photo_root) if ranked else ""}
+    parts = [_escape(json.dumps(head, ensure_ascii=True, separators=(",", ":"))[:-1])]
+    parts += [',"names":[', ",".join(names), '],"urls":{', ",".join(urls), "}"]
     if thumb_root is not None:
-        data["thumbRoot"] = _file_url(thumb_root)
-        data["thumbs"] = thumb_urls
+        parts += [',"thumbRoot":', _js(_file_url(thumb_root))]
+        parts += [',"thumbs":[', ",".join(thumb_urls), "]"]
     flat = [i for i, p in enumerate(ranked) if p.flat]
     if flat:
-        data["flat"] = flat
-    # The JSON text of ``data`` with its "algorithms" list, made in parts: the edges and
-    # members (base64, ~85% of the file) go in as they are -- JSON strings of themselves, and
-    # nothing in them to escape -- instead of being copied through five replace passes
-    # (the same bytes: each escape maps single characters, so it distributes over parts).
-    parts = [_escape(json.dumps(data, ensure_ascii=True, separators=(",", ":"))[:-1])]
+        parts.append(',"flat":' + json.dumps(flat, separators=(",", ":")))
+    # The algorithms: their edges and members (base64, ~85% of the file) go in as they are
+    # -- JSON strings of themselves, and nothing in them to escape -- instead of being copied
+    # through five replace passes.
     parts.append(',"algorithms":[')
     for k, algorithm in enumerate(algorithms):
         fields = _algorithm(algorithm, rank, len(photos))
@@ -207,6 +206,11 @@ def data_script(
         "// imgclusterd explorer data, generated with the output tree beside it.\n"
         "window.IMGCLUSTERD_DATA = JSON.parse('" + "".join(parts) + "');\n"
     ).encode("ascii")
+
+
+def _js(value: str) -> str:
+    """``value`` as escaped JSON text, a part of the data file's string literal."""
+    return _escape(json.dumps(value, ensure_ascii=True))
 
 
 def _escape(text: str) -> str:
