@@ -160,6 +160,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
                     written=out.objects_written, recycled=out.objects_recycled,
                     links=out.links_written, removed=out.links_removed,
                     renamed=out.links_renamed, copied=out.links_copied,
+                    threaded=out.patches_threaded,
                 )
             result["drops"].append(drop)
             print(f"n={n} drop {k + 1}: " + _row(drop), flush=True)
@@ -187,7 +188,7 @@ def _row(drop: dict[str, Any]) -> str:
             f"(cpu {drop.get('write_delta_cpu', 0):.2f}), sync {drop['sync']:.2f}, "
             f"gc {drop['gc']:.2f}, {drop['written']} objects ({drop['recycled']} recycled), "
             f"{drop['links']} links +, {drop['removed']} -, {drop['renamed']} renamed, "
-            f"{drop['copied']} copied"
+            f"{drop['copied']} copied, {drop.get('threaded', 0)} patches in the second thread"
         )
     parts.append(
         f"| idle before: spares {drop['spares_s']:.1f}s, {drop['spare_links']} links, "

@@ -90,7 +90,9 @@ class WriteReport:
     links_renamed: int = 0  # entries renamed while patching (renumbered clusters)
     links_copied: int = 0  # hard links made copying a patch's base (no spare, no ancestor)
     patches_threaded: int = 0  # of objects_recycled: staged by the second thread (staging)
-    cpu_seconds: float = 0.0  # CPU time of the writing thread (the rest of seconds: waiting)
+    # CPU time of the writing thread (the rest of seconds: waiting, or the second staging
+    # thread's share of the patches, see staging)
+    cpu_seconds: float = 0.0
 
 
 @dataclass
