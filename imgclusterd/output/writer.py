@@ -161,7 +161,7 @@ class OutputWriter:
         # it held the first refresh up (100,000 photos: 52-686 s of a 814-2,268 s write).
         self.purge_in_idle = False
         # patch object -> (write number, base, names removed, links added): how to bring a
-        # retired ancestor of a folder forward to it (see _patch). Kept for a few writes.
+        # retired ancestor of a folder forward to it (see _patch_job). Kept for a few writes.
         self._lineage: dict[str, tuple[int, str, bytes]] = {}  # (the step: pack_step)
         self._writes = 0
         # Of the model's generation: algorithm -> its object, and how many places of the tree
@@ -679,7 +679,7 @@ class OutputWriter:
     def _lineage_in_reach(self) -> dict[str, tuple[int, str, bytes]]:
         """The remembered patches a later patch can still follow: from each folder of the
         current tree that was patched, back through its bases up to the first one in
-        ``pool/`` (where :meth:`_patch` starts from; it never walks past it), or up to the
+        ``pool/`` (where :meth:`_patch_job` starts from; it never walks past it), or up to the
         last one still in ``objects/`` (retired into ``pool/`` later), at most
         ``_LINEAGE_DEPTH`` steps.
 
