@@ -61,6 +61,9 @@ __all__ = [
     "DIGEST_RE",
     "GENERATION_RE",
     "Area",
+    "Place",
+    "Step",
+    "apply_steps",
     "area_path",
     "owner_lock_path",
     "remove_tree",
@@ -126,6 +129,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+#: One patch: names removed from its base, links added, entries renamed (new -> old name).
+Step = tuple[tuple[str, ...], Mapping[str, str], Mapping[str, str]]
+Place = Callable[[int, str, str], None]
+
+
 def symlink_at(dir_fd: int, name: str, target: str) -> None:
     os.symlink(target, name, dir_fd=dir_fd)
 
@@ -155,6 +163,26 @@ def rename_at(dir_fd: int, moved: Mapping[str, str]) -> None:
         else:
             for old in reversed(path):
                 os.rename(old, pending.pop(old), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def apply_steps(staging: Path, steps: Iterable[Step], place: Place) -> tuple[int, int, int]:
+    """Apply ``steps`` to the folder ``staging``, in order; (added, removed, renamed)."""
+    added = removed = renamed = 0
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for gone, new, moved in steps:
+            for name in gone:
+                os.unlink(name, dir_fd=fd)
+            # Renamed entries (a threshold folder's clusters renumbered) keep their inode.
+            rename_at(fd, moved)
+            renamed += len(moved)
+            for name, target in new.items():
+                place(fd, name, target)
+            added += len(new)
+            removed += len(gone)
+    finally:
+        os.close(fd)
+    return added, removed, renamed
 
 
 def write_file_at(dir_fd: int, name: str, content: bytes) -> None:

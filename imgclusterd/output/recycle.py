@@ -33,7 +33,7 @@ from pathlib import Path
 
 from imgclusterd.errors import OutputError
 
-from .area import Area, remove_tree
+from .area import Area, Step, apply_steps, remove_tree
 from .plan import DIGEST_LEN, PlannedObject, Role
 
 __all__ = ["POOL_RE", "Pool", "PoolIndex", "Pooled", "copy_object", "pool_entry_name"]
@@ -206,15 +206,8 @@ class Pool:
         os.rename(self.area.pool / pooled.entry, staging)
         # (its contents stay known: a spare's digest is still a live object; forget() drops
         # the digests that are gone)
-        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-        place = self.area.placer(obj.level == 2)
-        try:
-            for name in remove:
-                os.unlink(name, dir_fd=fd)
-            for name in add:
-                place(fd, name, obj.links[name])
-        finally:
-            os.close(fd)
+        step: Step = (tuple(remove), {name: obj.links[name] for name in add}, {})
+        apply_steps(staging, [step], self.area.placer(obj.level == 2))
         self.area.publish(staging, digest)
         return Patch(added=len(add), removed=len(remove))
 

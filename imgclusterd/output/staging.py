@@ -19,22 +19,18 @@ complete objects in ``objects/`` and unfinished folders in ``tmp/``, removed by 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .area import remove_tree, rename_at
+from .area import Place, Step, apply_steps, remove_tree
 from .recycle import copy_object
 
-__all__ = ["PARALLEL_MIN", "PatchJob", "Staged", "apply_steps", "split", "stage_patches"]
+__all__ = ["PARALLEL_MIN", "PatchJob", "Staged", "split", "stage_patches"]
 
 log = logging.getLogger(__name__)
 
-#: One patch: names removed from its base, links added, entries renamed (new -> old name).
-Step = tuple[tuple[str, ...], Mapping[str, str], Mapping[str, str]]
-Place = Callable[[int, str, str], None]
 
 #: Below this many entry operations in all, one thread stages everything: handing half of a
 #: few hundred operations to another thread costs more than it saves.
@@ -74,26 +70,6 @@ class Staged:
     removed: int
     renamed: int
     copied: int
-
-
-def apply_steps(staging: Path, steps: Iterable[Step], place: Place) -> tuple[int, int, int]:
-    """Apply ``steps`` to the folder ``staging``, in order; (added, removed, renamed)."""
-    added = removed = renamed = 0
-    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for gone, new, moved in steps:
-            for name in gone:
-                os.unlink(name, dir_fd=fd)
-            # Renamed entries (a threshold folder's clusters renumbered) keep their inode.
-            rename_at(fd, moved)
-            renamed += len(moved)
-            for name, target in new.items():
-                place(fd, name, target)
-            added += len(new)
-            removed += len(gone)
-    finally:
-        os.close(fd)
-    return added, removed, renamed
 
 
 def stage(job: PatchJob) -> Staged:

@@ -19,6 +19,7 @@ from pathlib import Path
 from imgclusterd.errors import OutputError
 
 from .area import Area, area_path, remove_tree
+from .area import Step as _Step
 from .delta import (
     RefCounts,
     TreeDelta,
@@ -48,7 +49,6 @@ from .plan import (
 from .recycle import POOL_RE, RECYCLE_MIN, Pool, PoolIndex
 from .retention import Record, collect, write_record
 from .staging import PARALLEL_MIN, PatchJob, Staged, stage_patches
-from .staging import Step as _Step
 
 __all__ = ["OutputWriter", "WriteReport"]
 
