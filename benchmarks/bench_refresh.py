@@ -9,7 +9,8 @@ timed and profiled. For each ``--n`` (side by side, one process):
             made in ``--dir``/n<N> and reused by later runs (or any such library with
             ``--library``). The output is removed first (``--keep-output`` keeps it), so the
             first refresh is a first write, as after a first index.
-  first     ``refresh()``: the walk, clustering, the whole tree written.
+  first     ``refresh()``: the walk, clustering, the whole tree written; with ``--size``, the
+            output area's entries, inodes and bytes after it (``bench_library.output_size``)
   drops     ``--drops`` times, as the daemon does it: ``--gap`` seconds of idle time, in which
             the writer prepares spare folders (``prepare_spares``, stopped when the gap is
             over, as an event stops the daemon's), then one real JPEG dropped into a new folder
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.bench_library import output_size
 from benchmarks.bench_mount import make_library
 from imgclusterd.config import load_config
 from imgclusterd.output import area_path
@@ -129,6 +131,11 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
         first["total"] = round(time.perf_counter() - started, 2)
         result["first"] = first
         print(f"n={n} first refresh: {first}", flush=True)
+        if args.size:
+            tick = time.perf_counter()
+            result["output"] = output_size(config.output)
+            print(f"n={n} output area after the first write: {result['output']} "
+                  f"(walked in {time.perf_counter() - tick:.0f} s)", flush=True)
         # The daemon's hashing workers are up after its first index (it hashed every photo);
         # this library was hashed into the store directly: start them now, not in drop 1.
         any_photo = next(p for p in (root / "images").rglob("*.jpg"))
@@ -168,7 +175,8 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
             if profile is not None and chosen:
                 slowest = (wall, profile)
     for key in ("total", "cluster", "write"):
-        result[f"median_{key}"] = statistics.median(d[key] for d in result["drops"])
+        if result["drops"]:  # (--drops 0: the first write alone, e.g. with --size)
+            result[f"median_{key}"] = statistics.median(d[key] for d in result["drops"])
     if slowest[1] is not None:
         text = io.StringIO()
         stats = pstats.Stats(slowest[1], stream=text)
@@ -215,11 +223,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="print a cProfile of the slowest drop of each size")
     parser.add_argument("--profile-drop", type=int, metavar="K",
                         help="print a cProfile of drop K (from 1) instead of the slowest")
+    parser.add_argument("--size", action="store_true",
+                        help="measure the output area (entries, inodes, bytes) after the first "
+                             "write")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.library and len(args.n) != 1:
         parser.error("--library takes one --n")
     results = [run_size(args, n) for n in args.n]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    results = [r for r in results if r["drops"]]
+    if not results:
+        return 0
     print("\nN        +1 median   cluster   write    (each drop's total)")
     for r in results:
         drops = " / ".join(f"{d['total']:.2f}" for d in r["drops"])
@@ -230,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio {r['n']}/{base['n']}: +1 {r['median_total'] / base['median_total']:.2f}x, "
               f"cluster {r['median_cluster'] / max(base['median_cluster'], 1e-9):.2f}x, "
               f"write {r['median_write'] / max(base['median_write'], 1e-9):.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     return 0
 
 
