@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -277,15 +278,22 @@ def change(daemon: Daemon, action: Any, visible: Any, debounce: float) -> dict[s
     for line in lines:
         for key, value in timings(line).items():
             parts[key] = parts.get(key, 0.0) + value
+        # Entries renamed (renumbered clusters): what makes one drop cost more than another.
+        for value, key in _COUNTS_RE.findall(line[line.rfind("(") + 1 :]):
+            parts[key] = parts.get(key, 0.0) + int(value)
     total = swapped - started - debounce
     parts["total"] = total
     parts["refreshes"] = len(lines)
     return parts
 
 
+_COUNTS_RE = re.compile(r"(\d+) (renamed|copied)\b")
+_COUNTS = ("refreshes", "renamed", "copied")
+
+
 def show(parts: dict[str, float]) -> str:
     return ", ".join(
-        f"{k} {v:.0f}" if k == "refreshes" else f"{k} {v:.2f}s" for k, v in parts.items()
+        f"{k} {v:.0f}" if k in _COUNTS else f"{k} {v:.2f}s" for k, v in parts.items()
     )
 
 
@@ -354,6 +362,11 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
         result["add_one"] = drops
         result["add_one_median"] = statistics.median(d["total"] for d in drops)
         print(f"N={n}: +1 median {result['add_one_median']:.2f} s", flush=True)
+        # Which drop costs what is mostly how many clusters it renumbers (where the photo
+        # lands in the numbering by size and first path): a median of few drops moves with it.
+        by_renames = sorted(drops, key=lambda d: d.get("renamed", 0))
+        print(f"N={n}: +1 by entries renamed: " + ", ".join(
+            f"{d.get('renamed', 0):.0f} -> {d['total']:.2f} s" for d in by_renames), flush=True)
 
         # Delete and rename photos of the drops: the library itself stays as generated.
         victim = images / "new" / singles[0].name
