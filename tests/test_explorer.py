@@ -530,6 +530,81 @@ def test_data_file_from_kept_entries_is_the_data_file_made_afresh() -> None:
     assert len(data["thumbs"]) == len(expected) and "<" not in text and "&" not in text
 
 
+def test_kept_path_order_follows_additions_removals_and_new_objects() -> None:
+    """The memo keeps the photos in path order between writes and puts the new ones in their
+    places instead of sorting again: over random writes (photos added, removed, replaced by
+    a new object for the same path as when a thumbnail appears, bursts past the insertion
+    limit, the thumbnails' folder moving, a photo or a path given twice) every file equals
+    the one made without a memo, and most +1 writes were insertions."""
+    import random
+
+    from imgclusterd.cluster import Forest
+    from imgclusterd.explorer import PageMemo, data_script
+
+    rng = random.Random(7)
+
+    def photo(i: int, thumbs: str = "/state/t") -> ExplorerPhoto:
+        accent = "caf\u00e9 " if i % 11 == 0 else ""
+        path = f"f{i % 5}/{accent}{i:05d}.jpg"
+        return ExplorerPhoto(path=path, target=f"/lib/{path}",
+                             thumbnail=f"{thumbs}/{i % 7}/{i:05x}.jpg" if i % 3 else None,
+                             flat=i % 13 == 0)  # fmt: skip
+
+    def algorithms(n: int) -> list[ExplorerAlgorithm]:
+        forest = Forest(n, np.arange(n - 1, dtype=np.int32), np.arange(1, n, dtype=np.int32),
+                        (np.arange(n - 1) % 20).astype(np.uint16))  # fmt: skip
+        order = list(range(n))
+        rng.shuffle(order)  # forest vertex -> photo: any order
+        return [ExplorerAlgorithm("phash_8", range(0, 20), forest, order)]
+
+    def same(photos: list[ExplorerPhoto], memo: PageMemo) -> bool:
+        forests = algorithms(len(photos))
+        return data_script(photos, forests, memo, root="/lib") == data_script(
+            photos, forests, None, root="/lib")
+
+    folder = "/state/t"
+    shown = {i: photo(i, folder) for i in rng.sample(range(5000), 300)}
+    memo = PageMemo()
+    inserted = 0
+    for step in range(48):
+        kind = step % 8
+        if kind in (0, 1, 2):  # a few added
+            for i in rng.sample(range(5000), rng.randint(1, 3)):
+                shown.setdefault(i, photo(i, folder))
+        elif kind == 3:  # a few removed
+            for i in rng.sample(sorted(shown), 2):
+                del shown[i]
+        elif kind == 4:  # a new object for the same photo (its thumbnail appeared)
+            i = rng.choice(sorted(shown))
+            shown[i] = ExplorerPhoto(shown[i].path, shown[i].target, f"{folder}/0/{i:05x}.jpg")
+        elif kind == 5:  # a burst: made afresh
+            for i in rng.sample(range(5000), 200):
+                shown.setdefault(i, photo(i, folder))
+        elif kind == 6 and step == 22:  # the thumbnails' folder moved: every entry again
+            folder = "/elsewhere/t"
+            shown = {i: photo(i, folder) for i in shown}
+        photos = list(shown.values())
+        rng.shuffle(photos)
+        afresh = memo.afresh
+        assert same(photos, memo), step
+        assert [p.path for p in memo.ranked] == sorted(p.path for p in photos)
+        if step and kind in (0, 1, 2, 3, 4):
+            inserted += memo.afresh == afresh
+    assert inserted == 5 * 6 - 1  # (every small change but the first page's)
+
+    # A path given twice (two objects), a photo given twice: the same file as without a
+    # memo, and no kept order after the path twice (the order of equals is the input's).
+    first = next(iter(shown.values()))
+    assert same([*shown.values(), ExplorerPhoto(first.path, first.target)], memo)
+    assert memo.paths == []
+    assert same(list(shown.values()), memo) and memo.paths
+    assert same([*shown.values(), first], memo)
+    assert same(list(shown.values()), memo)
+    # The last thumbnail gone, and an empty page.
+    assert same([p for p in shown.values() if p.thumbnail is None], memo)
+    assert same([], memo) and same(list(shown.values()), memo)
+
+
 def _page_data(output: Path) -> dict[str, Any]:
     import json
 
