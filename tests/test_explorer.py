@@ -535,7 +535,8 @@ def test_kept_path_order_follows_additions_removals_and_new_objects() -> None:
     places instead of sorting again: over random writes (photos added, removed, replaced by
     a new object for the same path as when a thumbnail appears, bursts past the insertion
     limit, the thumbnails' folder moving, a photo or a path given twice) every file equals
-    the one made without a memo, and most +1 writes were insertions."""
+    the one made without a memo, and every small change after the first page was made by
+    insertions (none sorted afresh)."""
     import random
 
     from imgclusterd.cluster import Forest
