@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -207,7 +206,7 @@ def output_size(output: Path) -> dict[str, int]:
     rest (a photo's link is one symlink inode hard-linked into every folder that lists it)
     stat'ed once. ``find`` and two ``du`` runs took more than 14 minutes at 100,000 photos
     (23 million entries); this is one pass, the same figures (checked against them at 5,000
-    photos, see benchmarks/README.md).
+    photos with the three commands above, see benchmarks/README.md).
     """
     area = area_path(output)
     top = os.lstat(area)
@@ -228,21 +227,6 @@ def output_size(output: Path) -> dict[str, int]:
     return {"entries": entries, "inodes": dirs + len(others), "bytes": used}
 
 
-def output_size_du(output: Path) -> dict[str, int]:
-    """:func:`output_size` by ``find`` and ``du`` (slow: for checking it)."""
-    area = area_path(output)
-    find = subprocess.run(["find", str(area), "-printf", "."], capture_output=True, check=True)
-    inodes = subprocess.run(["du", "-s", "--inodes", str(area)], capture_output=True, text=True,
-                            check=True)
-    usage = subprocess.run(["du", "-s", "-B1", str(area)], capture_output=True, text=True,
-                           check=True)
-    return {
-        "entries": len(find.stdout),
-        "inodes": int(inodes.stdout.split()[0]),
-        "bytes": int(usage.stdout.split()[0]),
-    }
-
-
 def listed(output: Path, target: str) -> bool:
     """Does the current generation list ``target`` (first algorithm, threshold 0)?"""
     root = Path(os.path.realpath(output))
@@ -253,6 +237,11 @@ def listed(output: Path, target: str) -> bool:
             if os.readlink(os.path.join(directory, name)) == target:
                 return True
     return False
+
+
+#: Counts in the daemon's refresh line (the rest are seconds).
+_COUNTS_RE = re.compile(r"(\d+) (renamed|copied)\b")
+_COUNTS = ("refreshes", "renamed", "copied")
 
 
 def change(daemon: Daemon, action: Any, visible: Any, debounce: float) -> dict[str, float]:
@@ -285,10 +274,6 @@ def change(daemon: Daemon, action: Any, visible: Any, debounce: float) -> dict[s
     parts["total"] = total
     parts["refreshes"] = len(lines)
     return parts
-
-
-_COUNTS_RE = re.compile(r"(\d+) (renamed|copied)\b")
-_COUNTS = ("refreshes", "renamed", "copied")
 
 
 def show(parts: dict[str, float]) -> str:

@@ -597,8 +597,8 @@ def test_kept_path_order_follows_additions_removals_and_new_objects() -> None:
     # memo, and no kept order after the path twice (the order of equals is the input's).
     first = next(iter(shown.values()))
     assert same([*shown.values(), ExplorerPhoto(first.path, first.target)], memo)
-    assert memo.paths == []
-    assert same(list(shown.values()), memo) and memo.paths
+    assert not memo.ordered
+    assert same(list(shown.values()), memo) and memo.ordered
     assert same([*shown.values(), first], memo)
     assert same(list(shown.values()), memo)
     # The last thumbnail gone, and an empty page.

@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import logging
+import operator
 import os
 import re
 from collections.abc import Sequence
@@ -130,14 +131,14 @@ class PageMemo:
         """Forget the last page (its entries are relative to ``roots``)."""
         self.roots = roots
         self.ranked: list[ExplorerPhoto] = []  # the photos, by path
-        self.paths: list[str] = []  # their paths: sorted and unique, else [] (sort afresh)
+        # Their paths are unique: the order is the paths' alone, and a new photo can be put
+        # in its place (else the order of equal paths is the input's: sort afresh).
+        self.ordered = False
         # Each one's name, URL (None: the page derives it from the name) and thumbnail URL,
-        # as escaped JSON text (see data_script), and whether it has a URL of its own.
+        # as escaped JSON text (see data_script).
         self.names: list[str] = []
         self.urls: list[str | None] = []
         self.thumbs: list[str] = []
-        self.has_url: list[bool] = []
-        self.flat: list[bool] = []
         self.thumbnails: list[str] = []  # every photo's thumbnail path there is, sorted
 
 
@@ -172,7 +173,8 @@ def data_script(
     # The entries are kept as escaped JSON text (see _escape: it maps single characters, so
     # escaping the parts is escaping the whole) and joined: dumping and escaping the
     # ~20,000-entry lists again was most of the page's cost of a +1.
-    with_url = list(itertools.compress(range(len(ranked)), memo.has_url))
+    # (compress and map: the passes over every photo left run in C)
+    with_url = itertools.compress(range(len(ranked)), map(operator.is_not, memo.urls, _NONES))
     urls = [f'"{i}":{memo.urls[i]}' for i in with_url]
     head = {"version": _DATA_VERSION, "photoRoot": _file_url(photo_root) if ranked else ""}
     parts = [_escape(json.dumps(head, ensure_ascii=True, separators=(",", ":"))[:-1])]
@@ -180,7 +182,7 @@ def data_script(
     if thumb_root is not None:
         parts += [',"thumbRoot":', _js(_file_url(thumb_root))]
         parts += [',"thumbs":[', ",".join(memo.thumbs), "]"]
-    flat = list(itertools.compress(range(len(ranked)), memo.flat))
+    flat = list(itertools.compress(range(len(ranked)), map(_FLAT, ranked)))
     if flat:
         parts.append(',"flat":' + json.dumps(flat, separators=(",", ":")))
     # The algorithms: their edges and members (base64, ~85% of the file) go in as they are
@@ -201,6 +203,10 @@ def data_script(
         "window.IMGCLUSTERD_DATA = JSON.parse('" + "".join(parts) + "');\n"
     ).encode("ascii")
 
+
+_NONES = itertools.repeat(None)
+_FLAT = operator.attrgetter("flat")
+_PATH = operator.attrgetter("path")
 
 #: A photo's entry: name, URL (None: the page derives it from the name) and thumbnail URL,
 #: each as escaped JSON text.
@@ -240,14 +246,8 @@ def _make_afresh(
         memo.names.append(entry[0])
         memo.urls.append(entry[1])
         memo.thumbs.append(entry[2])
-    memo.ranked = ranked
-    memo.has_url = [url is not None for url in memo.urls]
-    memo.flat = [photo.flat for photo in ranked]
-    memo.thumbnails = thumbnails
-    paths = [photo.path for photo in ranked]
-    # Kept for the next page only while the paths are unique: the order of equal paths is
-    # the input's, which an insertion cannot know.
-    memo.paths = paths if all(a != b for a, b in itertools.pairwise(paths)) else []
+    memo.ranked, memo.thumbnails = ranked, thumbnails
+    memo.ordered = all(a.path != b.path for a, b in itertools.pairwise(ranked))
     return rank
 
 
@@ -258,13 +258,12 @@ def _update(
     ones in their places (a +1: one insertion); each photo's place in path order. None when
     it cannot (nothing kept, many changes, a photo or a path twice, another thumbnail
     folder): make it afresh then."""
-    if not memo.paths or memo.roots is None or memo.roots[0] != photo_root:
+    if not memo.ordered or not memo.ranked or memo.roots is None or memo.roots[0] != photo_root:
         return None
     identities = np.fromiter(map(id, photos), np.uint64, len(photos))
-    kept = np.fromiter(map(id, memo.ranked), np.uint64, len(memo.ranked))
-    by_identity = np.argsort(kept)
-    at = np.minimum(np.searchsorted(kept[by_identity], identities), len(kept) - 1)
-    known = kept[by_identity][at] == identities
+    kept, by_identity = _by_identity(memo.ranked)
+    at = np.minimum(np.searchsorted(kept, identities), len(kept) - 1)
+    known = kept[at] == identities
     stays = np.zeros(len(kept), dtype=bool)
     stays[by_identity[at[known]]] = True
     new = [photos[i] for i in np.flatnonzero(~known).tolist()]
@@ -285,26 +284,28 @@ def _update(
     if _common_folder(thumbnails[:1] + thumbnails[-1:]) != memo.roots[1]:
         return None  # every thumbnail URL changes
     for i in reversed(gone):
-        for column in (memo.ranked, memo.paths, memo.names, memo.urls, memo.thumbs,
-                       memo.has_url, memo.flat):  # fmt: skip
+        for column in (memo.ranked, memo.names, memo.urls, memo.thumbs):
             del column[i]
-    for photo in sorted(new, key=lambda p: p.path):
-        place = bisect.bisect_left(memo.paths, photo.path)
-        if place < len(memo.paths) and memo.paths[place] == photo.path:
+    for photo in sorted(new, key=_PATH):
+        place = bisect.bisect_left(memo.ranked, photo.path, key=_PATH)
+        if place < len(memo.ranked) and memo.ranked[place].path == photo.path:
             return None  # a path twice: the order of equals is the input's
         name, url, thumb = _entry(photo, photo_root, memo.roots[1])
         memo.ranked.insert(place, photo)
-        memo.paths.insert(place, photo.path)
         memo.names.insert(place, name)
         memo.urls.insert(place, url)
         memo.thumbs.insert(place, thumb)
-        memo.has_url.insert(place, url is not None)
-        memo.flat.insert(place, photo.flat)
     memo.thumbnails = thumbnails
     # Each photo's place in path order, by identity (numpy: no pass in Python).
-    kept = np.fromiter(map(id, memo.ranked), np.uint64, len(memo.ranked))
-    by_identity = np.argsort(kept)
-    return by_identity[np.searchsorted(kept[by_identity], identities)].astype(np.int64)
+    kept, by_identity = _by_identity(memo.ranked)
+    return by_identity[np.searchsorted(kept, identities)].astype(np.int64)
+
+
+def _by_identity(photos: Sequence[ExplorerPhoto]) -> tuple[np.ndarray, np.ndarray]:
+    """The photos' identities sorted, and the order that sorts them."""
+    identities = np.fromiter(map(id, photos), np.uint64, len(photos))
+    order = np.argsort(identities)
+    return identities[order], order
 
 
 def _js(value: str) -> str:
